@@ -1,0 +1,62 @@
+import { randomUUID } from 'node:crypto';
+import { Writable } from 'node:stream';
+import type { Express } from 'express';
+import winston from 'winston';
+import type { Logger } from '../../lib/logger';
+
+/** Express as the run asks for it: EXPRESS_MAJOR=4 tests Express 4, otherwise Express 5. */
+export function loadExpress(): typeof import('express') {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return process.env.EXPRESS_MAJOR === '4' ? require('express4') : require('express');
+}
+
+/** The Express major under test. */
+export const EXPRESS_MAJOR = process.env.EXPRESS_MAJOR === '4' ? 4 : 5;
+
+/** A new Express app (of the version under test). */
+export function newApp(): Express {
+  const express = loadExpress();
+  return express();
+}
+
+/** A logger that records every line it writes, parsed, in `lines`. */
+export function recordingLogger(level = 'debug'): { logger: Logger; lines: Array<Record<string, any>> } {
+  const lines: Array<Record<string, any>> = [];
+  const stream = new Writable({
+    write(chunk, _enc, cb) {
+      for (const part of String(chunk).split('\n')) if (part.trim()) lines.push(JSON.parse(part));
+      cb();
+    },
+  });
+  const logger = winston.createLogger({
+    level,
+    format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
+    transports: [new winston.transports.Stream({ stream })],
+  });
+  return { logger, lines };
+}
+
+/** URL of the tests' private Redis, or undefined when none could be started. */
+export const redisUrl: string | undefined = process.env.PERIMETER_TEST_REDIS_URL;
+
+/** `describe` for suites that need Redis: skipped (with the global notice) when there is none. */
+export const describeRedis: jest.Describe = redisUrl ? describe : describe.skip;
+
+/** A key prefix no other test uses, so tests share one Redis without seeing each other's keys. */
+export function uniquePrefix(): string {
+  return `test:${randomUUID().slice(0, 8)}:`;
+}
+
+/** Waits until `check` passes or `ms` elapse. */
+export async function eventually(check: () => void | Promise<void>, ms = 2000): Promise<void> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    try {
+      await check();
+      return;
+    } catch (err) {
+      if (Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * The interfaces every piece of shared state goes through. Each has a memory implementation
+ * (bounded, for one instance) and a Redis one (shared by every instance). Middleware never asks
+ * which one it has.
+ */
+
+/** Key-value entries with an optional time to live. */
+export interface KeyValueStore<V = unknown> {
+  get(key: string): Promise<V | undefined>;
+  /** Stores `value`; `ttlMs` makes it expire. */
+  set(key: string, value: V, ttlMs?: number): Promise<void>;
+  delete(key: string): Promise<void>;
+}
+
+/** Result of {@link CounterStore.increment}. */
+export interface CounterResult {
+  /** The count after this increment, within the current window. */
+  count: number;
+  /** Epoch milliseconds when the window (and this count) ends. */
+  resetAt: number;
+}
+
+/** Fixed-window counters: the count restarts when the window that began with the first hit ends. */
+export interface CounterStore {
+  increment(key: string, windowMs: number, by?: number): Promise<CounterResult>;
+  reset(key: string): Promise<void>;
+}
+
+/** A set whose members can expire one by one (blocked IPs). */
+export interface ExpiringSetStore {
+  /** Adds `member`; with `ttlMs` it leaves the set by itself. */
+  add(member: string, ttlMs?: number): Promise<void>;
+  remove(member: string): Promise<void>;
+  has(member: string): Promise<boolean>;
+  /** Current members with their expiry (epoch ms, or null for never). */
+  members(): Promise<Array<{ member: string; expiresAt: number | null }>>;
+}
+
+/** Publish/subscribe between instances (reloads, invalidations, blocks). */
+export interface PubSub {
+  publish(channel: string, message: string): Promise<void>;
+  /** Calls `handler` for each message on `channel`; returns the unsubscribe function. */
+  subscribe(channel: string, handler: (message: string) => void): Promise<() => Promise<void>>;
+}
+
+/** Options for a key-value namespace. */
+export interface KeyValueOptions {
+  /** Most entries kept in memory. Defaults to 10,000. */
+  maxEntries?: number;
+  /** Most bytes kept in memory (needs `sizeOf`). Defaults to no byte bound. */
+  maxBytes?: number;
+  /** Size of one value in bytes, for `maxBytes`. */
+  sizeOf?: (value: unknown) => number;
+}
+
+/**
+ * How a feature brings its own store (rate-limit windows, credit balances…) without middleware
+ * asking which backend it has: one builder per backend, in the feature's own file under lib/stores/.
+ */
+export interface StoreFactory<T> {
+  memory(stores: import('./memory').MemoryStores): T;
+  redis(connection: import('./redis-connection').RedisConnection, stores: import('./redis').RedisStores): T;
+}
+
+/** The store factory a stack shares between its middleware: one per stack, memory or Redis. */
+export interface Stores {
+  /** 'memory' or 'redis'. For logs and diagnostics only: middleware must not branch on it. */
+  readonly kind: 'memory' | 'redis';
+  keyValue<V = unknown>(namespace: string, options?: KeyValueOptions): KeyValueStore<V>;
+  counter(namespace: string, options?: { maxKeys?: number }): CounterStore;
+  expiringSet(namespace: string, options?: { maxMembers?: number }): ExpiringSetStore;
+  readonly pubsub: PubSub;
+  /** Builds a feature's own store on this backend (see {@link StoreFactory}). */
+  create<T>(factory: StoreFactory<T>): T;
+  /** Closes connections and timers this factory opened (not a Redis client the user passed in). */
+  close(): Promise<void>;
+}

@@ -1,0 +1,38 @@
+import ms from 'ms';
+import bytes from 'bytes';
+import { ConfigError } from './errors';
+
+/** Parses a duration ('500ms', '30s', '1m', '1h', '1d' or milliseconds) into milliseconds; throws ConfigError naming `option`. */
+export function parseDuration(value: unknown, option: string): number {
+  if (typeof value === 'number' && Number.isFinite(value) && value >= 0) return value;
+  if (typeof value === 'string' && value.trim() !== '') {
+    const parsed = /^\d+(\.\d+)?$/.test(value.trim()) ? Number(value) : ms(value as ms.StringValue);
+    if (typeof parsed === 'number' && Number.isFinite(parsed) && parsed >= 0) return parsed;
+  }
+  throw new ConfigError(option, `expected a duration like '500ms', '30s' or '1m', or milliseconds, got ${describe(value)}`);
+}
+
+/** Parses a size ('1kb', '1mb' or bytes) into bytes; throws ConfigError naming `option`. */
+export function parseBytes(value: unknown, option: string): number {
+  if (typeof value === 'number' && Number.isFinite(value) && value >= 0) return Math.floor(value);
+  if (typeof value === 'string' && value.trim() !== '') {
+    const parsed = bytes.parse(value);
+    if (typeof parsed === 'number' && Number.isFinite(parsed) && parsed >= 0) return parsed;
+  }
+  throw new ConfigError(option, `expected a size like '100kb' or '1mb', or a number of bytes, got ${describe(value)}`);
+}
+
+/** Parses a positive number of seconds (the cache's `ttl` and `maxAge`). */
+export function parseSeconds(value: unknown, option: string): number {
+  if (typeof value === 'number' && Number.isFinite(value) && value >= 0) return value;
+  throw new ConfigError(option, `expected a number of seconds (as in HTTP max-age), got ${describe(value)}`);
+}
+
+/** Short, safe rendering of a config value for error messages. */
+export function describe(value: unknown): string {
+  if (typeof value === 'string') return `'${value}'`;
+  if (typeof value === 'function') return 'a function';
+  if (value === null || typeof value !== 'object') return String(value);
+  if (Array.isArray(value)) return 'an array';
+  return 'an object';
+}

@@ -1,0 +1,69 @@
+import { randomUUID } from 'node:crypto';
+import type { RequestHandler } from 'express';
+import { v7 as uuidv7 } from 'uuid';
+import { RequestContext, runWithContext } from '../lib/context';
+import { ConfigError } from '../lib/errors';
+import { checkOptions } from '../lib/options';
+import { runtimeOf } from '../lib/runtime';
+
+/** Options of {@link requestId}. */
+export interface RequestIdOptions {
+  /** Header read from the client and set on the response. Defaults to 'X-Request-ID'. */
+  header?: string;
+  /** How new ids are made: 'uuidv4', 'uuidv7' (time-ordered) or a function. Defaults to 'uuidv4'. */
+  generator?: 'uuidv4' | 'uuidv7' | (() => string);
+  /** Take the client's id (or trace id) when it is valid. Defaults to true. */
+  trustIncoming?: boolean;
+}
+
+// 1–128 characters of a safe alphabet: anything else (control characters, quotes, very long
+// values) is replaced, never echoed, so the id cannot inject into logs or headers.
+const VALID_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+const TRACEPARENT = /^[\da-f]{2}-([\da-f]{32})-[\da-f]{16}-[\da-f]{2}$/;
+const CLOUD_TRACE = /^([\da-fA-F]{32})(?:\/\d+)?(?:;o=[01])?$/;
+
+/** Gives every request an id: the client's `X-Request-ID` (or trace id) when valid, else a new UUID. Sets `req.id`, `req.context` and the response header. */
+export function requestId(options: RequestIdOptions = {}): RequestHandler {
+  checkOptions('requestId', options, ['header', 'generator', 'trustIncoming']);
+  const header = options.header ?? 'X-Request-ID';
+  if (typeof header !== 'string' || !/^[A-Za-z0-9-]+$/.test(header)) {
+    throw new ConfigError('requestId.header', `expected a header name like 'X-Request-ID', got ${String(header)}`);
+  }
+  const headerKey = header.toLowerCase();
+  const generate = pickGenerator(options.generator ?? 'uuidv4');
+  const trustIncoming = options.trustIncoming ?? true;
+
+  return function requestIdMiddleware(req, res, next) {
+    let traceId: string | undefined;
+    let id: string | undefined;
+    if (trustIncoming) {
+      const incoming = req.headers[headerKey];
+      if (typeof incoming === 'string' && VALID_ID.test(incoming)) id = incoming;
+      const traceparent = req.headers.traceparent;
+      if (typeof traceparent === 'string') traceId = TRACEPARENT.exec(traceparent)?.[1];
+      const cloudTrace = req.headers['x-cloud-trace-context'];
+      if (traceId === undefined && typeof cloudTrace === 'string') traceId = CLOUD_TRACE.exec(cloudTrace)?.[1];
+      id ??= traceId;
+    }
+    id ??= generate();
+    req.id = id;
+    const ctx = new RequestContext(req, id, runtimeOf(req).logger);
+    if (traceId !== undefined) ctx.traceId = traceId;
+    req.context = ctx;
+    res.setHeader(header, id);
+    runWithContext(ctx, next);
+  };
+}
+
+function pickGenerator(generator: RequestIdOptions['generator']): () => string {
+  if (generator === 'uuidv4') return randomUUID;
+  if (generator === 'uuidv7') return uuidv7;
+  if (typeof generator === 'function') {
+    return () => {
+      const id = generator();
+      // A user generator that returns junk must not break the header or the logs.
+      return typeof id === 'string' && VALID_ID.test(id) ? id : randomUUID();
+    };
+  }
+  throw new ConfigError('requestId.generator', `expected 'uuidv4', 'uuidv7' or a function returning a string, got ${String(generator)}`);
+}

@@ -1,0 +1,63 @@
+import type { RequestHandler } from 'express';
+import helmet, { type HelmetOptions } from 'helmet';
+import { checkOptions } from '../lib/options';
+
+/** Options of {@link securityHeaders}: helmet's options, merged over the API defaults. */
+export type SecurityHeadersOptions = HelmetOptions;
+
+// Defaults for a JSON API: no content may load or frame, no referrer leaks, HSTS for a year.
+const API_DEFAULTS: HelmetOptions = {
+  contentSecurityPolicy: { useDefaults: false, directives: { defaultSrc: ["'none'"], frameAncestors: ["'none'"] } },
+  frameguard: { action: 'deny' },
+  strictTransportSecurity: { maxAge: 31536000, includeSubDomains: true, preload: false },
+  referrerPolicy: { policy: 'no-referrer' },
+  xPoweredBy: true,
+  crossOriginEmbedderPolicy: false,
+};
+
+const HELMET_KEYS = [
+  'contentSecurityPolicy', 'crossOriginEmbedderPolicy', 'crossOriginOpenerPolicy', 'crossOriginResourcePolicy',
+  'originAgentCluster', 'referrerPolicy', 'strictTransportSecurity', 'xContentTypeOptions', 'xDnsPrefetchControl',
+  'xDownloadOptions', 'xFrameOptions', 'xPermittedCrossDomainPolicies', 'xPoweredBy', 'xXssProtection',
+  'frameguard', 'hsts', 'noSniff', 'dnsPrefetchControl', 'ieNoOpen', 'permittedCrossDomainPolicies', 'hidePoweredBy',
+] as const;
+
+/**
+ * helmet with defaults for APIs: `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`,
+ * `Strict-Transport-Security: max-age=31536000; includeSubDomains`,
+ * CSP `default-src 'none'; frame-ancestors 'none'`, `Referrer-Policy: no-referrer`, no `X-Powered-By`.
+ */
+export function securityHeaders(options: SecurityHeadersOptions = {}): RequestHandler {
+  checkOptions('securityHeaders', options, HELMET_KEYS);
+  // helmet rejects an option given under both its old and new name; a user's old name wins.
+  const o = options as Record<string, unknown>;
+  const m: Record<string, unknown> = { ...API_DEFAULTS, ...o };
+  if ('hsts' in o) delete m.strictTransportSecurity;
+  if ('frameguard' in o) delete m.xFrameOptions;
+  if ('xFrameOptions' in o) delete m.frameguard;
+  if ('hidePoweredBy' in o) delete m.xPoweredBy;
+  const headers = collectHeaders(helmet(m as HelmetOptions));
+  // helmet's headers are the same on every response, so they are computed once here and each
+  // request only copies them.
+  return function securityHeadersMiddleware(_req, res, next) {
+    for (let i = 0; i < headers.length; i++) res.setHeader(headers[i][0], headers[i][1]);
+    res.removeHeader('X-Powered-By');
+    next();
+  };
+}
+
+function collectHeaders(handler: ReturnType<typeof helmet>): Array<[string, string]> {
+  const set: Array<[string, string]> = [];
+  const fakeRes = {
+    setHeader(name: string, value: string) {
+      set.push([name, String(value)]);
+    },
+    removeHeader() {},
+  };
+  let failed: unknown;
+  handler({} as never, fakeRes as never, (err?: unknown) => {
+    failed = err;
+  });
+  if (failed) throw failed;
+  return set;
+}
