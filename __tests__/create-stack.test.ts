@@ -1,5 +1,7 @@
 import request from 'supertest';
-import { createStack, ConfigError } from '../index';
+import { createStack, ConfigError, getContext } from '../index';
+import { resetForwardedForWarning } from '../lib/forwarded-for';
+import { resetWarnings } from '../lib/warnings';
 import { newApp, recordingLogger } from './helpers/app';
 
 function appWith(config: Parameters<typeof createStack>[0] = {}) {
@@ -73,5 +75,76 @@ describe('createStack', () => {
     app.get('/', (_req, res) => { res.send('ok'); });
     const res = await request(app).get('/').expect(200);
     expect(seen).toEqual([res.headers['x-request-id']]);
+  });
+
+  it('keeps the request context across body parsing and awaited code', async () => {
+    const stack = createStack({ logger: recordingLogger().logger });
+    const app = newApp();
+    app.use(stack);
+    app.post('/echo', async (req, res) => {
+      await new Promise((r) => setTimeout(r, 5));
+      res.json({ id: req.id, fromContext: getContext()?.requestId, body: req.body });
+    });
+    const res = await request(app).post('/echo').send({ a: 1 }).expect(200);
+    expect(res.body).toEqual({ id: res.headers['x-request-id'], fromContext: res.headers['x-request-id'], body: { a: 1 } });
+  });
+
+  it("applies trustProxy to the app, and warns once (ERR_TRUST_PROXY_OFF) when X-Forwarded-For arrives while it is off", async () => {
+    resetWarnings();
+    resetForwardedForWarning();
+    const { logger, lines } = recordingLogger();
+    const off = createStack({ logger });
+    const app = newApp();
+    app.use(off);
+    app.get('/ip', (req, res) => {
+      res.json({ ip: req.ip });
+    });
+    const first = await request(app).get('/ip').set('X-Forwarded-For', '203.0.113.9').expect(200);
+    await request(app).get('/ip').set('X-Forwarded-For', '203.0.113.9').expect(200);
+    expect(first.body.ip).not.toBe('203.0.113.9');
+    expect(lines.filter((l) => l.code === 'ERR_TRUST_PROXY_OFF')).toHaveLength(1);
+
+    const on = createStack({ logger, trustProxy: true });
+    const app2 = newApp();
+    app2.use(on);
+    app2.get('/ip', (req, res) => {
+      res.json({ ip: req.ip });
+    });
+    const trusted = await request(app2).get('/ip').set('X-Forwarded-For', '203.0.113.9').expect(200);
+    expect(trusted.body.ip).toBe('203.0.113.9');
+  });
+
+  it('refuses a middleware value that is not options, true or false', () => {
+    expect(() => createStack({ requestId: 'yes' } as never)).toThrow(/requestId: expected an options object, true or false, got string/);
+    expect(() => createStack({ insert: [{ after: 'nope', name: 'x', handler: () => undefined }] })).toThrow(/'nope' is not an enabled middleware/);
+  });
+
+  it('leaves out middleware set to false', async () => {
+    const stack = createStack({ logger: recordingLogger().logger, securityHeaders: false, requestLogger: false });
+    expect(stack.order).not.toContain('securityHeaders');
+    expect(stack.order).not.toContain('requestLogger');
+    const app = newApp();
+    app.use(stack);
+    app.get('/', (_req, res) => {
+      res.send('ok');
+    });
+    const res = await request(app).get('/').expect(200);
+    expect(res.headers['x-content-type-options']).toBeUndefined();
+    await stack.close();
+    await stack.close();
+  });
+
+  it('warns once that memory stores are per instance under NODE_ENV=production', () => {
+    resetWarnings();
+    const previous = process.env.NODE_ENV;
+    process.env.NODE_ENV = 'production';
+    try {
+      const { logger, lines } = recordingLogger();
+      createStack({ logger });
+      createStack({ logger });
+      expect(lines.filter((l) => l.code === 'ERR_MEMORY_STORE_IN_PRODUCTION')).toHaveLength(1);
+    } finally {
+      process.env.NODE_ENV = previous;
+    }
   });
 });

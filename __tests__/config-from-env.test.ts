@@ -1,0 +1,55 @@
+import { ConfigError, configFromEnv, createStack } from '../index';
+import { recordingLogger } from './helpers/app';
+
+describe('configFromEnv', () => {
+  it('reads every documented variable', () => {
+    const config = configFromEnv({
+      REDIS_URL: 'redis://cache:6379',
+      JWT_SECRET: 's'.repeat(32),
+      API_KEYS: '[{"key":"sk-prod-key","name":"Production","tier":"enterprise"}]',
+      CORS_ORIGINS: 'https://a.example.com, https://b.example.com',
+      LOG_LEVEL: 'debug',
+      LOG_FORMAT: 'gcp',
+      NODE_ENV: 'production',
+      TRUST_PROXY: '1',
+    });
+    expect(config).toEqual({
+      redis: 'redis://cache:6379',
+      logger: { level: 'debug', format: 'gcp' },
+      errorNormalizer: { expose: false },
+      auth: { jwt: { secret: 's'.repeat(32) }, apiKeys: [{ key: 'sk-prod-key', name: 'Production', tier: 'enterprise' }] },
+      cors: { origin: ['https://a.example.com', 'https://b.example.com'], credentials: true },
+      trustProxy: 1,
+    });
+  });
+
+  it('reads CORS_ORIGINS as JSON, and a PEM public key with escaped newlines', () => {
+    const config = configFromEnv({ CORS_ORIGINS: '["https://x.example.com"]', JWT_PUBLIC_KEY: '-----BEGIN PUBLIC KEY-----\\nabc\\n-----END PUBLIC KEY-----' });
+    expect((config.cors as { origin: string[] }).origin).toEqual(['https://x.example.com']);
+    expect((config.auth as { jwt: { publicKey: string } }).jwt.publicKey).toBe('-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----');
+  });
+
+  it('returns an empty config for an empty environment, usable by createStack', async () => {
+    const config = configFromEnv({});
+    expect(config).toEqual({});
+    const stack = createStack({ ...config, logger: recordingLogger().logger });
+    expect(stack.order[0]).toBe('requestId');
+    await stack.close();
+  });
+
+  it.each([
+    [{ API_KEYS: 'not json' }, /API_KEYS: expected a JSON array/],
+    [{ API_KEYS: '{"key":"x"}' }, /API_KEYS: expected a JSON array/],
+    [{ LOG_FORMAT: 'xml' }, /LOG_FORMAT: expected 'json' or 'gcp'/],
+    [{ CORS_ORIGINS: '[broken' }, /CORS_ORIGINS/],
+  ])('refuses malformed values naming the variable (%p)', (env, message) => {
+    expect(() => configFromEnv(env)).toThrow(ConfigError);
+    expect(() => configFromEnv(env)).toThrow(message);
+  });
+
+  it('parses TRUST_PROXY forms', () => {
+    expect(configFromEnv({ TRUST_PROXY: 'true' }).trustProxy).toBe(true);
+    expect(configFromEnv({ TRUST_PROXY: 'loopback, 10.0.0.0/8' }).trustProxy).toEqual(['loopback', '10.0.0.0/8']);
+    expect(configFromEnv({ TRUST_PROXY: 'loopback' }).trustProxy).toBe('loopback');
+  });
+});

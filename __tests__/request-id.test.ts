@@ -1,0 +1,97 @@
+import request from 'supertest';
+import { getContext, requestId } from '../index';
+import { newApp } from './helpers/app';
+
+function app(options?: Parameters<typeof requestId>[0]) {
+  const a = newApp();
+  a.use(requestId(options));
+  a.get('/', async (req, res) => {
+    await new Promise((r) => setTimeout(r, 5));
+    // getContext() works inside async code the handler awaits.
+    res.json({ id: req.id, fromContext: getContext()?.requestId, contextId: req.context.requestId });
+  });
+  return a;
+}
+
+describe('requestId', () => {
+  it('makes a UUID v4 when the client sends none, and sets req.id, the context and the header', async () => {
+    const res = await request(app()).get('/').expect(200);
+    const id = res.headers['x-request-id'];
+    expect(id).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+    expect(res.body).toEqual({ id, fromContext: id, contextId: id });
+  });
+
+  it('takes a valid incoming X-Request-ID', async () => {
+    const res = await request(app()).get('/').set('X-Request-ID', 'req-abc123:edge.1').expect(200);
+    expect(res.headers['x-request-id']).toBe('req-abc123:edge.1');
+    expect(res.body.id).toBe('req-abc123:edge.1');
+  });
+
+  it.each([
+    ['too long', 'a'.repeat(129)],
+    ['spaces', 'abc def'],
+    ['quotes and angle brackets', '"><script>'],
+    ['a newline-injection attempt', 'abc%0d%0aSet-Cookie:x=1'],
+    ['json', '{"a":1}'],
+  ])('replaces an invalid incoming id (%s) and never echoes it', async (_name, bad) => {
+    const res = await request(app()).get('/').set('X-Request-ID', bad).expect(200);
+    expect(res.headers['x-request-id']).not.toBe(bad);
+    expect(res.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    expect(JSON.stringify(res.body)).not.toContain(bad);
+  });
+
+  it('uses the W3C traceparent trace id when no request id is sent', async () => {
+    const res = await request(app())
+      .get('/')
+      .set('traceparent', '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01')
+      .expect(200);
+    expect(res.headers['x-request-id']).toBe('4bf92f3577b34da6a3ce929d0e0e4736');
+  });
+
+  it('uses the X-Cloud-Trace-Context trace id when no request id is sent', async () => {
+    const res = await request(app()).get('/').set('X-Cloud-Trace-Context', '105445aa7843bc8bf206b12000100000/1;o=1').expect(200);
+    expect(res.headers['x-request-id']).toBe('105445aa7843bc8bf206b12000100000');
+  });
+
+  it('makes time-ordered UUID v7 ids on request', async () => {
+    const res = await request(app({ generator: 'uuidv7' })).get('/').expect(200);
+    expect(res.headers['x-request-id']).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-/);
+  });
+
+  it('accepts a custom generator and header name, and replaces junk from the generator', async () => {
+    const custom = await request(app({ generator: () => 'req-1', header: 'X-Correlation-ID' })).get('/').expect(200);
+    expect(custom.headers['x-correlation-id']).toBe('req-1');
+    const junk = await request(app({ generator: () => 'bad id\n' })).get('/').expect(200);
+    expect(junk.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+  });
+
+  it('ignores incoming ids when trustIncoming is false', async () => {
+    const res = await request(app({ trustIncoming: false })).get('/').set('X-Request-ID', 'client-id').expect(200);
+    expect(res.headers['x-request-id']).not.toBe('client-id');
+  });
+
+  it('refuses a bad generator at setup and explains app.use(requestId) without parentheses', () => {
+    expect(() => requestId({ generator: 'uuid' as never })).toThrow(/requestId.generator: expected 'uuidv4', 'uuidv7' or a function/);
+    const fakeReq = { method: 'GET', headers: {}, url: '/' };
+    expect(() => requestId(fakeReq as never)).toThrow(/app.use\(requestId\(\)\)/);
+  });
+
+  it('computes the device lazily from the user agent', async () => {
+    const a = newApp();
+    a.use(requestId());
+    a.get('/', (req, res) => {
+      res.json({ device: req.context.device });
+    });
+    const ua = {
+      iphone: 'Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148',
+      ipad: 'Mozilla/5.0 (iPad; CPU OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Mobile/15E148',
+      desktop: 'Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36',
+      bot: 'Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)',
+    };
+    expect((await request(a).get('/').set('User-Agent', ua.iphone)).body.device).toBe('mobile');
+    expect((await request(a).get('/').set('User-Agent', ua.ipad)).body.device).toBe('tablet');
+    expect((await request(a).get('/').set('User-Agent', ua.desktop)).body.device).toBe('desktop');
+    expect((await request(a).get('/').set('User-Agent', ua.bot)).body.device).toBe('bot');
+    expect((await request(a).get('/').set('User-Agent', '')).body.device).toBe('unknown');
+  });
+});
