@@ -1,6 +1,7 @@
 import './types/express-augment';
 
 export { createStack, type Stack, type StackConfig, type InsertedMiddleware } from './lib/create-stack';
+export type { StackMiddleware } from './lib/create-stack';
 export { configFromEnv } from './lib/config-from-env';
 export { getContext, RequestContext, type ContextUser } from './lib/context';
 export { createLogger, type Logger, type LoggerOptions } from './lib/logger';
@@ -14,8 +15,26 @@ export type { AuthInfo, ApiKeyInfo, TenantInfo, RequestFeatures } from './types/
 
 export { requestId, type RequestIdOptions } from './middleware/request-id';
 export { requestLogger, type RequestLoggerOptions } from './middleware/request-logger';
+export { metrics, type MetricsOptions } from './middleware/metrics';
 export { securityHeaders, type SecurityHeadersOptions } from './middleware/security-headers';
 export { cors, type PerimeterCorsOptions } from './middleware/cors';
+export { ipFilter, type IpFilterOptions, type IpFilterHandler, type IpRules, type AutoBanOptions, type IpBlock } from './middleware/ip-filter';
+export { sizeLimit, type SizeLimitOptions } from './middleware/size-limit';
+export { timeout, ClientClosedRequestError, type TimeoutOptions } from './middleware/timeout';
+export { handleClientErrors, type ClientErrorOptions } from './lib/client-errors';
 export { bodyParser, type BodyParserOptions } from './middleware/body-parser';
+export { auth, type AuthOptions, type ApiKeyEntry, type ApiKeyLookup, type ApiKeyLookupResult, type JwtOptions, type JwtKeyMaterial } from './middleware/auth';
+export { requireAuth, requireApiKey, requireRole, type GuardOptions } from './middleware/require-auth';
+export { credits, type CreditsOptions, type CreditsMethods, type CreditsHandler } from './middleware/credits';
+export type { CreditsHistoryEntry } from './lib/stores/credits-store';
+export { rateLimit, type RateLimitOptions, type RateLimitTier, type RateLimitKey, type RateLimitAlgorithm } from './middleware/rate-limit';
+export { sanitize, detectAttacks, type SanitizeOptions, type SanitizeAction, type SanitizeCategory, type SanitizeSource } from './middleware/sanitize';
+export { cache, type CacheOptions, type CacheHandler, type CacheMethods } from './middleware/cache';
+export { auditLog, type AuditLogOptions, type AuditLogHandler, type AuditLogMethods, type AuditRecord, type AuditSinkOption, type AuditSinkFunction, type AuditSinkStats, type FileSinkOptions, type RedisStreamSinkOptions } from './middleware/audit-log';
+export { audit } from './middleware/audit';
+export { verifyAuditChain, type AuditChainResult, type VerifyAuditChainOptions } from './lib/audit/verify';
+export { circuitBreaker, Breaker, type CircuitBreakerOptions, type CircuitBreakerHandler, type CircuitBreakerFallbackResponse, type BreakerOptions, type BreakerState, type BreakerStats, type BreakerTransition } from './middleware/circuit-breaker';
+export { createBreaker, FunctionBreaker, type CreateBreakerOptions, type BreakerCallSignal } from './lib/breaker/create-breaker';
+export { retry, type RetryOptions } from './lib/retry';
 export { notFound } from './middleware/not-found';
 export { errorNormalizer, type ErrorNormalizerOptions } from './middleware/error-normalizer';

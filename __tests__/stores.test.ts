@@ -3,7 +3,8 @@ import { MemoryStores, RedisStores, StoreTimeoutError, type Stores } from '../li
 import { describeRedis, eventually, recordingLogger, redisUrl, uniquePrefix } from './helpers/app';
 
 const backends: Array<[string, () => Stores]> = [['memory', () => new MemoryStores()]];
-if (redisUrl) backends.push(['redis', () => new RedisStores(redisUrl, { logger: recordingLogger().logger, prefix: uniquePrefix() })]);
+const url = redisUrl;
+if (url) backends.push(['redis', () => new RedisStores(url, { logger: recordingLogger().logger, prefix: uniquePrefix() })]);
 
 describe.each(backends)('%s stores', (_name, make) => {
   let stores: Stores;

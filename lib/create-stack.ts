@@ -44,6 +44,14 @@ export interface StackConfig {
   [middleware: string]: unknown;
 }
 
+/**
+ * The enabled middleware of a stack by name. A middleware with run-time methods declares its
+ * typed entry here by declaration merging, so `stack.middleware.credits.grant()` type-checks.
+ */
+export interface StackMiddleware {
+  [name: string]: StackHandler;
+}
+
 /** What `createStack()` returns: a middleware that runs the whole chain, plus its parts. */
 export interface Stack extends RequestHandler {
   /** `notFound` and `errorNormalizer`: `app.use(stack.errorHandler)` after the routes. */
@@ -53,7 +61,7 @@ export interface Stack extends RequestHandler {
   /** Names of the enabled middleware, outer to inner. */
   order: string[];
   /** Each enabled middleware by name, with its run-time methods. */
-  middleware: Record<string, StackHandler>;
+  middleware: StackMiddleware;
   /** The stores every middleware of the stack shares. */
   stores: Stores;
   /** The prom-client registry the stack's metrics live in. */
@@ -111,6 +119,7 @@ export function createStack(config: StackConfig = {}): Stack {
       handlers.push(handler);
       middleware[name] = handler;
     }
+    placeExtras(names, handlers, middleware);
     for (const item of config.insert ?? []) insertAt(names, handlers, middleware, item);
   } catch (err) {
     void stores.close();
@@ -163,6 +172,19 @@ export function createStack(config: StackConfig = {}): Stack {
       })()),
   });
   return stack;
+}
+
+// An entry's second half (StackExtra) goes right after the middleware it waits for, or right
+// after the entry itself when that one is off: sizeLimit's per-tier check runs after auth.
+function placeExtras(names: string[], handlers: StackHandler[], middleware: Record<string, StackHandler>): void {
+  for (const owner of [...names]) {
+    for (const extra of middleware[owner].extra ?? []) {
+      const at = names.indexOf(names.includes(extra.after) ? extra.after : owner) + 1;
+      names.splice(at, 0, extra.name);
+      handlers.splice(at, 0, extra.handler);
+      middleware[extra.name] = extra.handler;
+    }
+  }
 }
 
 function insertAt(names: string[], handlers: StackHandler[], middleware: Record<string, StackHandler>, item: InsertedMiddleware): void {

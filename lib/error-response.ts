@@ -1,5 +1,6 @@
 import type { Request, Response } from 'express';
 import { ConfigError, defaultCode, defaultMessage, isHttpError, type ErrorDetails } from './errors';
+import { answeredEarly } from './late-response';
 import type { Logger } from './logger';
 
 /** Maps a user's own error class to a status and code. */
@@ -93,9 +94,16 @@ export function createErrorResponder(options: ErrorResponseOptions = {}, getLogg
   };
 
   return function respondError(err, req, res) {
+    const logger = getLogger?.(req) ?? req.context?.log;
+    const early = answeredEarly(res);
+    if (early !== undefined) {
+      // timeout or sizeLimit already answered (504/413) while the handler ran: this error came
+      // after, so it is only logged, never answered again (nor the finished connection cut).
+      logLateError(err, req, early, logger);
+      return;
+    }
     const n = normalize(err);
     const requestId = req.id ?? null;
-    const logger = getLogger?.(req) ?? req.context?.log;
     if (logger) {
       const meta: Record<string, unknown> = { status_code: n.status, code: n.code, method: req.method, path: req.path };
       if (req.context === undefined && requestId) meta.request_id = requestId;
@@ -139,6 +147,18 @@ export function createErrorResponder(options: ErrorResponseOptions = {}, getLogg
     res.setHeader('Content-Length', Buffer.byteLength(body));
     res.end(req.method === 'HEAD' ? undefined : body);
   };
+}
+
+// The abort reason rethrown by the handler, or the body reader cut off by the 413, is the expected
+// echo of the early answer (debug); anything else is a real failure that came too late (warn).
+function logLateError(err: unknown, req: Request, early: string, logger: Logger | undefined): void {
+  if (!logger) return;
+  const e = err as { type?: unknown; code?: unknown } | null;
+  const echo = err === (req as { signal?: AbortSignal }).signal?.reason || e?.type === 'request.aborted' || e?.code === 'ECONNABORTED';
+  const meta: Record<string, unknown> = { code: early, method: req.method, path: req.path };
+  if (req.context === undefined && req.id) meta.request_id = req.id;
+  meta.err = err instanceof Error ? { name: err.name, message: err.message, stack: err.stack } : { message: String(err) };
+  logger.log(echo ? 'debug' : 'warn', `Error after the response was already answered (${early}): ${err instanceof Error ? err.message : String(err)}`, meta);
 }
 
 function isStringRecord(value: unknown): value is Record<string, string> {

@@ -1,13 +1,35 @@
 import type { RequestHandler } from 'express';
 import type { PerimeterRuntime } from './runtime';
+import { auth, type AuthOptions } from '../middleware/auth';
+import { createAuditLog, type AuditLogOptions } from '../middleware/audit-log';
 import { bodyParser } from '../middleware/body-parser';
+import { createCache, type CacheOptions } from '../middleware/cache';
+import { createCircuitBreaker, type CircuitBreakerOptions } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
+import { credits, type CreditsOptions } from '../middleware/credits';
+import { rateLimit, type RateLimitOptions } from '../middleware/rate-limit';
+import { createIpFilter, type IpFilterOptions } from '../middleware/ip-filter';
+import { createMetrics, type MetricsOptions } from '../middleware/metrics';
 import { requestId } from '../middleware/request-id';
 import { requestLogger } from '../middleware/request-logger';
+import { sanitize, type SanitizeOptions } from '../middleware/sanitize';
 import { securityHeaders } from '../middleware/security-headers';
+import { sizeLimitCeiling, stackSizeLimit, type SizeLimitOptions } from '../middleware/size-limit';
+import { timeout } from '../middleware/timeout';
 
 /** A middleware as createStack builds it; run-time methods (block, invalidate…) hang off the handler. */
-export type StackHandler = RequestHandler & { close?: () => Promise<void> | void };
+export type StackHandler = RequestHandler & { close?: () => Promise<void> | void; extra?: StackExtra[] };
+
+/**
+ * A second handler an entry needs further down the chain (sizeLimit's per-tier check must run
+ * after auth): createStack places it right after `after` when that middleware is on, else right
+ * after the entry itself, and lists it in `order` under `name`.
+ */
+export interface StackExtra {
+  name: string;
+  after: string;
+  handler: RequestHandler;
+}
 
 /** What an entry's builder is given besides its own options. */
 export interface EntryContext {
@@ -55,14 +77,44 @@ export const STACK_ORDER = [
 export const STACK_ENTRIES: Record<string, StackEntry> = {
   requestId: { name: 'requestId', defaultOn: true, build: (o) => requestId(o) },
   requestLogger: { name: 'requestLogger', defaultOn: true, build: (o) => requestLogger(o) },
+  // Bound to the stack's registry at setup, so stack.metricsRegistry holds the series before the first request.
+  metrics: { name: 'metrics', defaultOn: true, build: (o, { runtime }) => createMetrics(o as MetricsOptions, runtime.registry) },
   securityHeaders: { name: 'securityHeaders', defaultOn: true, build: (o) => securityHeaders(o) },
   cors: { name: 'cors', defaultOn: false, build: (o) => cors(o) },
+  // Off until configured; the stack's logger receives its setup warnings (weak JWT secret).
+  auth: { name: 'auth', defaultOn: false, build: (o, { runtime }) => auth({ logger: runtime.logger, ...(o as AuthOptions) }) },
+  // On with no rules: it then only enforces run-time blocks, so stack.middleware.ipFilter.block() works out of the box.
+  ipFilter: { name: 'ipFilter', defaultOn: true, build: (o, { runtime }) => createIpFilter(o as IpFilterOptions, runtime) },
+  // 100 per minute per client by default. The fixed 'stack' namespace keeps the stack's counts apart
+  // from route-level limiters and shared by every instance, whatever order limiters are created in.
+  rateLimit: { name: 'rateLimit', defaultOn: true, build: (o) => rateLimit({ prefix: 'stack', ...(o as RateLimitOptions) }) },
+  credits: {
+    name: 'credits',
+    defaultOn: false,
+    // The stack's own stores, so stack.middleware.credits.grant() credits what its requests spend.
+    build: (o, { runtime }) => credits(o.stores === undefined && o.redis === undefined ? { ...(o as CreditsOptions), stores: runtime.stores } : (o as CreditsOptions)),
+  },
+  // 1 MB by default; with tiers it also places a check right after auth (see StackExtra).
+  sizeLimit: { name: 'sizeLimit', defaultOn: true, build: (o, { config }) => stackSizeLimit(o as SizeLimitOptions, config.bodyParser) },
+  // After auth and the limiters (rejected requests are not scanned), before routing: params are scanned by a route-level sanitize().
+  sanitize: { name: 'sanitize', defaultOn: true, build: (o) => sanitize(o as SanitizeOptions) },
+  // After the limiters and sanitize (a refused request ran no write), before the routes; the logger sink by
+  // default, the stack's Redis for { redisStream }; stack.close() flushes its queue.
+  auditLog: { name: 'auditLog', defaultOn: true, build: (o, { runtime }) => createAuditLog(o as AuditLogOptions, runtime) },
+  // 30 s by default; a route-level timeout() replaces the deadline for its route.
+  timeout: { name: 'timeout', defaultOn: true, build: (o) => timeout(o) },
+  // On by default with no ttl: ETag/304 only. Bound to the stack, so stack.middleware.cache.invalidate() acts on its stores.
+  cache: { name: 'cache', defaultOn: true, build: (o, { runtime }) => createCache(o as CacheOptions, runtime) },
+  // Off until configured: one breaker for the whole stack, named 'stack' (it runs before routing, so it cannot tell routes apart; per-route breakers go on the routes).
+  circuitBreaker: { name: 'circuitBreaker', defaultOn: false, build: (o, { runtime }) => createCircuitBreaker({ name: 'stack', ...(o as CircuitBreakerOptions) }, runtime) },
   bodyParser: {
     name: 'bodyParser',
     defaultOn: true,
     build: (o, { config }) => {
       const size = config.sizeLimit;
-      const max = size && typeof size === 'object' ? (size as { max?: number | string }).max : undefined;
+      // sizeLimit counts exactly (per tier, per route); this is the backstop, at the largest limit
+      // sizeLimit allows before the tier is known (it also bounds gzip bodies once inflated).
+      const max = size && typeof size === 'object' ? sizeLimitCeiling(size as SizeLimitOptions) : undefined;
       return bodyParser({ ...o, limit: (o.limit as number | string | undefined) ?? max ?? '1mb' });
     },
   },

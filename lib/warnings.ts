@@ -12,7 +12,19 @@ export const WARNINGS = {
     'NODE_ENV=production with in-memory stores: rate limits, IP blocks and caches are counted per instance; pass `redis` to createStack() when running several instances',
   ERR_REDIS_UNAVAILABLE: 'Redis is unavailable; stores follow their configured fail mode until it answers again',
   ERR_REDIS_RECOVERED: 'Redis answers again; stores are back on Redis',
+  ERR_RATE_LIMIT_STORE_UNAVAILABLE:
+    "Rate limiting store failed or answered later than rateLimit.storeTimeout; requests follow rateLimit.onStoreError ('memory': a local limiter at limit / instances; 'open': unlimited; 'closed': 503) until it answers again (logged once per outage)",
+  ERR_RATE_LIMIT_STORE_RECOVERED: 'Rate limiting is back on its shared store',
+  ERR_CREDITS_DETACHED_METHODS:
+    'credits() run-time methods were called on a handler that serves requests behind a stack with its stores, but the methods act on the standalone memory store; call stack.middleware.credits.grant() (same namespace) or pass `stores: stack.stores` to credits()',
   ERR_TIMEOUT_LATE_WRITE: 'A handler tried to write after its request had timed out; the write was dropped',
+  ERR_SIZE_LIMIT_LATE_WRITE: 'A handler tried to write after its request was refused as too large (413); the write was dropped',
+  ERR_WEAK_JWT_SECRET:
+    'auth.jwt.secret is shorter than 32 bytes: an HMAC secret that short can be brute-forced offline from a single token; use 32 or more random bytes (openssl rand -base64 48)',
+  ERR_GUARD_WITHOUT_AUTH:
+    'requireAuth/requireApiKey/requireRole ran on a request that auth() did not see, so every request is refused as anonymous; mount auth() (or createStack({ auth })) before the guards',
+  ERR_AUDIT_WITHOUT_AUDIT_LOG:
+    "audit('EVENT') ran on a request no auditLog serves, so nothing is recorded; mount auditLog() (or createStack(), where it is on by default) before the routes",
 } as const;
 
 /** A code of {@link WARNINGS}. */

@@ -5,6 +5,8 @@ export interface AuthInfo {
   method: 'jwt' | 'apiKey';
   /** Rate-limit tier of the key or the user's plan, when known. */
   tier?: string;
+  /** The verified JWT claims (method 'jwt' only), for claims `req.user` does not map. */
+  claims?: Readonly<Record<string, unknown>>;
 }
 
 /** The API key that authenticated the request, without its secret. */

@@ -113,8 +113,8 @@ export class RedisConnection {
 
   async close(): Promise<void> {
     const closing: Array<Promise<unknown>> = [];
-    if (this.subscriberClient) closing.push(this.subscriberClient.quit().catch(() => this.subscriberClient?.disconnect()));
-    if (this.owned) closing.push(this.client.quit().catch(() => this.client.disconnect()));
+    if (this.subscriberClient) closing.push(shutdown(this.subscriberClient));
+    if (this.owned) closing.push(shutdown(this.client));
     await Promise.all(closing);
   }
 
@@ -131,6 +131,16 @@ export class RedisConnection {
     if (this.healthy) return;
     this.healthy = true;
     this.logger.info('Redis answers again; stores are back on Redis', { code: 'ERR_REDIS_RECOVERED' });
+  }
+}
+
+// QUIT on a connected client lets pending replies arrive; a client that is still connecting or
+// reconnecting is cut at once so no reconnect timer outlives close().
+async function shutdown(client: Redis | Cluster): Promise<void> {
+  if (client.status === 'ready') {
+    await client.quit().catch(() => client.disconnect());
+  } else {
+    client.disconnect();
   }
 }
 

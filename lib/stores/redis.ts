@@ -133,14 +133,16 @@ class RedisPubSub implements PubSub {
     }
     let set = this.handlers.get(full);
     if (set === undefined) {
-      set = new Set();
-      this.handlers.set(full, set);
+      // Subscribe first: a failed SUBSCRIBE must not leave an empty entry that makes a retry skip it.
       await sub.subscribe(full);
+      set = this.handlers.get(full) ?? new Set();
+      this.handlers.set(full, set);
     }
     set.add(handler);
+    const handlers = set;
     return async () => {
-      set.delete(handler);
-      if (set.size === 0) {
+      handlers.delete(handler);
+      if (handlers.size === 0 && this.handlers.get(full) === handlers) {
         this.handlers.delete(full);
         await sub.unsubscribe(full).catch(() => undefined);
       }

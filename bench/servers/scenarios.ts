@@ -1,0 +1,112 @@
+import { randomUUID } from 'node:crypto';
+import { Writable } from 'node:stream';
+import type { ErrorRequestHandler, Express, RequestHandler } from 'express';
+import type * as Perimeter from '../../index';
+
+/** What a scenario's `setup` is given: the built library (from dist/) and Express. */
+export interface BenchLib {
+  /** `require('express-perimeter')` as users get it: the compiled dist/index.js. */
+  perimeter: typeof Perimeter;
+  /** Whether this build of the library has the named stack middleware (`rateLimit`, `auth`…). */
+  hasMiddleware(name: string): boolean;
+  /** Express 5, the version the bench measures. */
+  express: typeof import('express');
+}
+
+/** The request autocannon sends to a scenario's server. */
+export interface BenchRequest {
+  method?: 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+  path?: string;
+  headers?: Record<string, string>;
+  body?: string;
+}
+
+/** One server of the benchmark. Add a scenario with an entry in {@link SCENARIOS}. */
+export interface Scenario {
+  /** One line printed beside the results. */
+  description: string;
+  /** npm packages the scenario needs besides the project's own; it is skipped when one is missing. */
+  requires?: string[];
+  /** The request to load the server with. Defaults to GET /games/1. */
+  request?: BenchRequest;
+  /** Status every benchmarked response must have. Defaults to 200. */
+  expectStatus?: number;
+  /** Mounts the scenario's middleware before the route; returns what goes after the route (error handlers). */
+  setup(app: Express, lib: BenchLib): { after?: Array<RequestHandler | ErrorRequestHandler>; close?: () => Promise<void> } | void;
+}
+
+/** A stream that throws every log line away, so loggers still format each line but write nothing. */
+export function nullStream(): Writable {
+  return new Writable({
+    write(_chunk, _encoding, callback) {
+      callback();
+    },
+  });
+}
+
+// Single-client load would trip the default 100/min limit in a second and measure 429s, so
+// limits are raised far above what a 5 s round sends; the limiter still runs for every request.
+const UNREACHABLE_LIMIT = 1e9;
+
+/**
+ * The servers the bench compares, by name. `bare` is the baseline every ratio is taken against.
+ * A later middleware adds its case here, e.g.
+ * `'stack-auth': { description: '…', request: { headers: { 'X-API-Key': 'k' } }, setup: (app, { perimeter }) => {…} }`.
+ */
+export const SCENARIOS: Record<string, Scenario> = {
+  bare: {
+    description: 'Express 5, one JSON route, no middleware',
+    setup: () => undefined,
+  },
+
+  stack: {
+    description: 'createStack() defaults, memory stores, info logs formatted to a null stream',
+    setup(app, { perimeter, hasMiddleware }) {
+      const config: Perimeter.StackConfig = { logger: { level: 'info', stream: nullStream() } };
+      if (hasMiddleware('rateLimit')) config.rateLimit = { limit: UNREACHABLE_LIMIT, window: '1m' };
+      const stack = perimeter.createStack(config);
+      app.use(stack);
+      return { after: stack.errorHandler, close: () => stack.close() };
+    },
+  },
+
+  'hand-assembled': {
+    description: 'uuid id + express-winston + express-prom-bundle + helmet + express-rate-limit + json/urlencoded + hpp',
+    requires: ['express-winston', 'express-prom-bundle', 'helmet', 'express-rate-limit', 'hpp', 'winston'],
+    setup(app, { express }) {
+      /* eslint-disable @typescript-eslint/no-require-imports -- optional packages, loaded only when installed */
+      const winston = require('winston') as typeof import('winston');
+      const expressWinston = require('express-winston') as typeof import('express-winston');
+      const promBundle = require('express-prom-bundle') as typeof import('express-prom-bundle');
+      const helmet = require('helmet') as typeof import('helmet');
+      const { rateLimit } = require('express-rate-limit') as typeof import('express-rate-limit');
+      const hpp = require('hpp') as typeof import('hpp');
+      /* eslint-enable @typescript-eslint/no-require-imports */
+      app.use(function requestIdMiddleware(req, res, next) {
+        const id = randomUUID();
+        req.id = id;
+        res.setHeader('X-Request-ID', id);
+        next();
+      });
+      app.use(
+        expressWinston.logger({
+          transports: [new winston.transports.Stream({ stream: nullStream() })],
+          format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
+          meta: true,
+          expressFormat: true,
+        }),
+      );
+      app.use(promBundle({ includeMethod: true, includePath: true, includeStatusCode: true }));
+      app.use(helmet.default());
+      app.use(rateLimit({ windowMs: 60_000, limit: UNREACHABLE_LIMIT, standardHeaders: 'draft-7', legacyHeaders: true }));
+      app.use(express.json({ limit: '1mb' }));
+      app.use(express.urlencoded({ extended: false, limit: '1mb' }));
+      app.use(hpp());
+    },
+  },
+};
+
+/** The JSON the benchmarked route answers: small, like a typical API read. */
+export function game(id: string): Record<string, unknown> {
+  return { id, name: 'Chess', players: 2, tags: ['board', 'strategy'], rating: 4.8 };
+}

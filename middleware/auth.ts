@@ -1,0 +1,370 @@
+import type { NextFunction, Request, RequestHandler } from 'express';
+import type { JwtPayload } from 'jsonwebtoken';
+import { buildKeyTable, CachedLoader, sha256Hex, toRecord, type ApiKeyEntry, type ApiKeyLookup, type ApiKeyRecord } from '../lib/api-keys';
+import type { ContextUser } from '../lib/context';
+import { AuthenticationError, ConfigError } from '../lib/errors';
+import { AuthFailure, createJwtVerifier, type JwtOptions } from '../lib/jwt-verify';
+import { defaultLogger, type Logger } from '../lib/logger';
+import { counter } from '../lib/metrics-registry';
+import { checkOptions } from '../lib/options';
+import { perRuntime, runtimeOf } from '../lib/runtime';
+import { describe, parseDuration } from '../lib/units';
+import { warnOnce } from '../lib/warnings';
+
+export type { ApiKeyEntry, ApiKeyLookup, ApiKeyLookupResult } from '../lib/api-keys';
+export type { JwtOptions, JwtKeyMaterial } from '../lib/jwt-verify';
+
+/** Options of {@link auth}. */
+export interface AuthOptions {
+  /** JWT verification (`secret` | `publicKey` | `getKey`, `algorithms`, `issuer`, `audience`, `clockTolerance`); `false` turns JWTs off. Defaults to `JWT_PUBLIC_KEY` or `JWT_SECRET` from the environment when set, else off. */
+  jwt?: JwtOptions | false;
+  /** Keys accepted in `X-API-Key`: `{ key | hash, name, tier, userId, expiresAt, active }`. Defaults to none. */
+  apiKeys?: ApiKeyEntry[];
+  /** Finds a key not in `apiKeys` (called with the key and its SHA-256 hex); `null` for unknown. Defaults to none. */
+  lookup?: ApiKeyLookup;
+  /** How long a `lookup` answer is reused, as a duration. Defaults to '60s'. */
+  lookupCacheTtl?: string | number;
+  /** How long "unknown key" from `lookup` and "no user" from `loadUser` are reused, as a duration. Defaults to '5s'. */
+  negativeCacheTtl?: string | number;
+  /** Most entries in each of the lookup and user caches. Defaults to 10000. */
+  cacheMax?: number;
+  /** Loads the user for verified claims (async); its fields override the claims' on `req.user`; `null` refuses the token. Defaults to none. */
+  loadUser?: (claims: Readonly<JwtPayload>) => Promise<Partial<ContextUser> | null | undefined> | Partial<ContextUser> | null | undefined;
+  /** How long a `loadUser` result is reused per subject, as a duration. Defaults to '60s'. */
+  userCacheTtl?: string | number;
+  /** Cookie that may carry the JWT when there is no `Authorization` header. Defaults to none. */
+  cookie?: string;
+  /** Header that carries the API key. Defaults to 'X-API-Key'. */
+  apiKeyHeader?: string;
+  /** Refuse requests with no credential (401). A bad credential is refused either way. Defaults to true. */
+  required?: boolean;
+  /** Logger for setup warnings, and failure lines of requests without a context. Defaults to the stack's logger, else the default logger. */
+  logger?: Logger;
+  /** Current time in epoch ms, for `exp`/`nbf`, key expiry and cache lifetimes. Defaults to `Date.now`. */
+  clock?: () => number;
+}
+
+const KNOWN = [
+  'jwt',
+  'apiKeys',
+  'lookup',
+  'lookupCacheTtl',
+  'negativeCacheTtl',
+  'cacheMax',
+  'loadUser',
+  'userCacheTtl',
+  'cookie',
+  'apiKeyHeader',
+  'required',
+  'logger',
+  'clock',
+] as const;
+
+interface ReasonSpec {
+  code: string;
+  message: string;
+  /** RFC 6750: a presented but unusable token gets error="invalid_token". */
+  invalidToken: boolean;
+}
+
+// Every reason is a fixed metrics label: the set is bounded, whatever clients send.
+const REASONS: Record<string, ReasonSpec> = {
+  missing: { code: 'AUTHENTICATION_REQUIRED', message: 'Authentication is required.', invalidToken: false },
+  malformed: { code: 'INVALID_TOKEN', message: 'The token is malformed.', invalidToken: true },
+  invalid_algorithm: { code: 'INVALID_TOKEN', message: 'The token is signed with an algorithm that is not accepted.', invalidToken: true },
+  invalid_signature: { code: 'INVALID_TOKEN', message: 'The token signature is invalid.', invalidToken: true },
+  invalid_issuer: { code: 'INVALID_TOKEN', message: 'The token issuer is not accepted.', invalidToken: true },
+  invalid_audience: { code: 'INVALID_TOKEN', message: 'The token audience is not accepted.', invalidToken: true },
+  not_before: { code: 'INVALID_TOKEN', message: 'The token is not valid yet.', invalidToken: true },
+  invalid_claims: { code: 'INVALID_TOKEN', message: 'The token lacks a required claim.', invalidToken: true },
+  unknown_key: { code: 'INVALID_TOKEN', message: 'The token is signed with an unknown key.', invalidToken: true },
+  user_not_found: { code: 'INVALID_TOKEN', message: 'The user of this token is unknown or disabled.', invalidToken: true },
+  expired: { code: 'TOKEN_EXPIRED', message: 'The token has expired.', invalidToken: true },
+  unknown_api_key: { code: 'INVALID_API_KEY', message: 'The API key is not valid.', invalidToken: false },
+  inactive_api_key: { code: 'INVALID_API_KEY', message: 'The API key is not valid.', invalidToken: false },
+  expired_api_key: { code: 'INVALID_API_KEY', message: 'The API key has expired.', invalidToken: false },
+  forbidden: { code: 'FORBIDDEN', message: 'Access to this resource is forbidden.', invalidToken: false },
+};
+
+const AUTH_SEEN = Symbol.for('express-perimeter.auth.seen');
+const failureCounter = perRuntime((rt) =>
+  counter(rt.registry, 'auth_failures_total', 'Requests refused by auth and its guards, by reason.', ['reason']),
+);
+
+/**
+ * Authenticates the request from `Authorization: Bearer <jwt>` (or the `cookie`) and `X-API-Key`;
+ * a JWT wins over an API key. Sets `req.user`, `req.apiKey`, `req.auth = { method, tier }` and the
+ * request context. No credential → 401 AUTHENTICATION_REQUIRED (unless `required: false`); a bad
+ * one → 401 INVALID_TOKEN, TOKEN_EXPIRED or INVALID_API_KEY, always with `WWW-Authenticate: Bearer`.
+ */
+export function auth(options: AuthOptions = {}): RequestHandler {
+  checkOptions('auth', options, KNOWN);
+  const clock = options.clock ?? Date.now;
+  if (typeof clock !== 'function')
+    throw new ConfigError('auth.clock', `expected a function returning epoch milliseconds, got ${describe(clock)}`);
+  const required = options.required ?? true;
+  if (typeof required !== 'boolean') throw new ConfigError('auth.required', `expected true or false, got ${describe(required)}`);
+  const setupLogger = options.logger ?? defaultLogger();
+
+  const verifier = createJwtVerifier(options.jwt, clock);
+  if (verifier?.weakSecret) warnOnce(setupLogger, 'ERR_WEAK_JWT_SECRET');
+
+  const table = buildKeyTable(options.apiKeys, 'auth.apiKeys');
+  const lookup = options.lookup;
+  if (lookup !== undefined && typeof lookup !== 'function')
+    throw new ConfigError('auth.lookup', `expected an async function (key) => ({ name, tier, userId }) | null, got ${describe(lookup)}`);
+  const loadUser = options.loadUser;
+  if (loadUser !== undefined && typeof loadUser !== 'function')
+    throw new ConfigError('auth.loadUser', `expected an async function (claims) => user | null, got ${describe(loadUser)}`);
+  if (loadUser !== undefined && verifier === undefined)
+    throw new ConfigError('auth.loadUser', 'is called with JWT claims, but JWTs are off; configure auth.jwt (or JWT_SECRET)');
+  const apiKeysOn = table.size > 0 || lookup !== undefined;
+  if (verifier === undefined && !apiKeysOn) {
+    throw new ConfigError(
+      'auth',
+      'has no credential source; give jwt: { secret } (or set JWT_SECRET / JWT_PUBLIC_KEY), apiKeys: [{ key, name, tier }] or lookup: async (key) => …',
+    );
+  }
+
+  const cacheMax = options.cacheMax ?? 10_000;
+  if (typeof cacheMax !== 'number' || !Number.isInteger(cacheMax) || cacheMax < 1)
+    throw new ConfigError('auth.cacheMax', `expected a positive whole number, got ${describe(cacheMax)}`);
+  const negativeTtlMs = parseDuration(options.negativeCacheTtl ?? '5s', 'auth.negativeCacheTtl');
+  const keyCache =
+    lookup === undefined
+      ? undefined
+      : new CachedLoader<ApiKeyRecord>({
+          ttlMs: parseDuration(options.lookupCacheTtl ?? '60s', 'auth.lookupCacheTtl'),
+          negativeTtlMs,
+          max: cacheMax,
+          clock,
+        });
+  const userCache =
+    loadUser === undefined
+      ? undefined
+      : new CachedLoader<Partial<ContextUser>>({
+          ttlMs: parseDuration(options.userCacheTtl ?? '60s', 'auth.userCacheTtl'),
+          negativeTtlMs,
+          max: cacheMax,
+          clock,
+        });
+
+  const apiKeyHeaderName = options.apiKeyHeader ?? 'X-API-Key';
+  if (typeof apiKeyHeaderName !== 'string' || !/^[A-Za-z0-9-]+$/.test(apiKeyHeaderName)) {
+    throw new ConfigError('auth.apiKeyHeader', `expected a header name like 'X-API-Key', got ${describe(apiKeyHeaderName)}`);
+  }
+  const apiKeyHeader = apiKeyHeaderName.toLowerCase();
+  const cookieName = options.cookie;
+  if (cookieName !== undefined && (typeof cookieName !== 'string' || !/^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/.test(cookieName))) {
+    throw new ConfigError('auth.cookie', `expected a cookie name like 'session_token', got ${describe(cookieName)}`);
+  }
+  const accepted = [
+    verifier && 'a Bearer token',
+    verifier && cookieName && `the ${cookieName} cookie`,
+    apiKeysOn && `an ${apiKeyHeaderName} header`,
+  ].filter(Boolean);
+  const missingMessage = `Authentication is required: send ${accepted.join(' or ')}.`;
+
+  const reject = (req: Request, next: NextFunction, reason: string, detail?: string, keyName?: string): void => {
+    const spec = REASONS[reason];
+    const meta: { reason: string; code: string; [field: string]: unknown } = { reason, code: spec.code };
+    if (detail !== undefined) meta.detail = detail;
+    if (keyName !== undefined) meta.key_name = keyName;
+    recordFailure(req, meta, options.logger);
+    const err = new AuthenticationError(reason === 'missing' ? missingMessage : spec.message, spec.code);
+    if (spec.invalidToken) err.withHeaders({ 'WWW-Authenticate': `Bearer error="invalid_token", error_description="${spec.message}"` });
+    next(err);
+  };
+
+  // A refused credential becomes a 401; anything else (a throwing hook) is the server's fault: 500.
+  const fail = (req: Request, next: NextFunction, err: unknown): void => {
+    if (err instanceof AuthFailure) reject(req, next, err.reason, err.message);
+    else next(err);
+  };
+
+  const accept = (
+    req: Request,
+    user: ContextUser | undefined,
+    apiKey: ApiKeyRecord['info'] | undefined,
+    method: 'jwt' | 'apiKey',
+    tier: string | undefined,
+    claims?: JwtPayload,
+  ): void => {
+    req.auth = claims === undefined ? { method, tier } : { method, tier, claims };
+    if (user !== undefined) req.user = user;
+    if (apiKey !== undefined) req.apiKey = apiKey;
+    const ctx = req.context;
+    if (ctx !== undefined) {
+      // Setting the context user makes ctx.log (and the request log line) carry user_id.
+      if (user !== undefined) ctx.user = user;
+      if (apiKey !== undefined) ctx.apiKey = apiKey;
+    }
+  };
+
+  const finishJwt = (
+    req: Request,
+    next: NextFunction,
+    claims: JwtPayload,
+    user: ContextUser,
+    loaded: Partial<ContextUser> | null | undefined,
+  ): void => {
+    if (loaded === null) return reject(req, next, 'user_not_found');
+    if (loaded !== undefined) {
+      if (typeof loaded !== 'object')
+        return next(new TypeError(`auth.loadUser must resolve to a user object or null, got ${describe(loaded)}`));
+      user = { ...user, ...loaded, id: loaded.id === undefined || loaded.id === null ? user.id : String(loaded.id) } as ContextUser;
+    }
+    accept(req, user, undefined, 'jwt', tierOf(user, claims), claims);
+    next();
+  };
+
+  const withClaims = (req: Request, next: NextFunction, claims: JwtPayload): void => {
+    const sub = claims.sub as unknown;
+    if ((typeof sub !== 'string' && typeof sub !== 'number') || sub === '')
+      return reject(req, next, 'invalid_claims', 'the token has no sub claim');
+    const user = userFromClaims(claims, String(sub));
+    if (userCache === undefined) return finishJwt(req, next, claims, user, undefined);
+    // Per subject (and issuer, when several issue tokens): one loadUser call serves every token of a user.
+    const cacheKey = claims.iss === undefined ? user.id : `${claims.iss}\n${user.id}`;
+    const cached = userCache.peek(cacheKey);
+    if (cached !== undefined) return finishJwt(req, next, claims, user, cached);
+    userCache
+      .load(cacheKey, () => loadUser!(claims))
+      .then((loaded) => finishJwt(req, next, claims, user, loaded), next)
+      .catch(next);
+  };
+
+  const authenticateToken = (req: Request, next: NextFunction, token: string): void => {
+    let verified: JwtPayload | Promise<JwtPayload>;
+    try {
+      verified = verifier!.verify(token);
+    } catch (err) {
+      return fail(req, next, err);
+    }
+    if (verified instanceof Promise) {
+      verified
+        .then(
+          (claims) => withClaims(req, next, claims),
+          (err) => fail(req, next, err),
+        )
+        .catch(next);
+    } else {
+      withClaims(req, next, verified);
+    }
+  };
+
+  const withKey = (req: Request, next: NextFunction, record: ApiKeyRecord | null | undefined): void => {
+    if (record === null || record === undefined) return reject(req, next, 'unknown_api_key');
+    if (!record.active) return reject(req, next, 'inactive_api_key', undefined, record.info.name);
+    if (record.expiresAt !== undefined && record.expiresAt <= clock())
+      return reject(req, next, 'expired_api_key', undefined, record.info.name);
+    const userId = record.info.userId;
+    accept(req, userId === undefined ? undefined : { id: userId }, record.info, 'apiKey', record.info.tier);
+    next();
+  };
+
+  const lookupRecord = async (key: string, hash: string): Promise<ApiKeyRecord | null> => {
+    const found = await lookup!(key, hash);
+    if (found === null || found === undefined) return null;
+    if (typeof found !== 'object')
+      throw new TypeError(`auth.lookup must resolve to { name, tier, userId, expiresAt?, active? } or null, got ${describe(found)}`);
+    return toRecord(found, 'auth.lookup result');
+  };
+
+  const authenticateKey = (req: Request, next: NextFunction, key: string): void => {
+    // Hash first, then look up: see buildKeyTable for why this is the constant-time compare.
+    const hash = sha256Hex(key);
+    const record = table.get(hash);
+    if (record !== undefined || keyCache === undefined) return withKey(req, next, record);
+    const cached = keyCache.peek(hash);
+    if (cached !== undefined) return withKey(req, next, cached);
+    keyCache
+      .load(hash, () => lookupRecord(key, hash))
+      .then((found) => withKey(req, next, found), next)
+      .catch(next);
+  };
+
+  return function authMiddleware(req, _res, next) {
+    (req as unknown as Record<symbol, boolean>)[AUTH_SEEN] = true;
+    if (verifier !== undefined) {
+      const token =
+        bearerToken(req.headers.authorization) ?? (cookieName === undefined ? undefined : cookieValue(req.headers.cookie, cookieName));
+      // A JWT wins over an API key; a bad JWT is refused, not skipped in favour of the key.
+      if (token !== undefined) return authenticateToken(req, next, token);
+    }
+    if (apiKeysOn) {
+      const key = req.headers[apiKeyHeader];
+      if (typeof key === 'string' && key !== '') return authenticateKey(req, next, key);
+    }
+    if (required) return reject(req, next, 'missing');
+    next();
+  };
+}
+
+/** Whether `auth()` saw this request (guards use it to explain a mount-order mistake). */
+export function authSawRequest(req: Request): boolean {
+  return (req as unknown as Record<symbol, boolean | undefined>)[AUTH_SEEN] === true;
+}
+
+/**
+ * Counts a refusal in `auth_failures_total{reason}` and logs it at warn with the request id.
+ * Never given the credential: only the reason, the code and the key's name.
+ */
+export function recordFailure(req: Request, meta: { reason: string; code: string; [field: string]: unknown }, logger?: Logger): void {
+  failureCounter(req).inc({ reason: meta.reason });
+  const message = meta.reason === 'forbidden' ? 'Authorization failed' : 'Authentication failed';
+  const ctx = req.context;
+  if (ctx !== undefined) ctx.log.warn(message, meta);
+  else (logger ?? runtimeOf(req).logger).warn(message, { ...meta, request_id: req.id });
+}
+
+function userFromClaims(claims: JwtPayload, id: string): ContextUser {
+  const user: ContextUser = { id };
+  if (typeof claims.email === 'string') user.email = claims.email;
+  const roles = claims.roles as unknown;
+  if (Array.isArray(roles)) user.roles = roles.filter((r): r is string => typeof r === 'string');
+  else if (typeof roles === 'string') user.roles = [roles];
+  if (typeof claims.plan === 'string') user.plan = claims.plan;
+  user.beta = claims.is_beta === true;
+  if (typeof claims.tenant === 'string') user.tenant = claims.tenant;
+  return user;
+}
+
+function tierOf(user: ContextUser, claims: JwtPayload): string | undefined {
+  if (typeof user.plan === 'string') return user.plan;
+  return typeof claims.tier === 'string' ? claims.tier : undefined;
+}
+
+function bearerToken(header: string | undefined): string | undefined {
+  // Other schemes (Basic, Digest) belong to someone else: not ours to refuse.
+  if (header === undefined || header.length < 6 || header.slice(0, 6).toLowerCase() !== 'bearer') return undefined;
+  if (header.length === 6) return '';
+  if (header.charCodeAt(6) !== 32) return undefined;
+  return header.slice(7).trim();
+}
+
+// The Cookie header parsed for one name only: no cookie-parser, no object per request.
+function cookieValue(header: string | undefined, name: string): string | undefined {
+  if (header === undefined) return undefined;
+  let start = 0;
+  while (start < header.length) {
+    let end = header.indexOf(';', start);
+    if (end === -1) end = header.length;
+    const eq = header.indexOf('=', start);
+    if (eq !== -1 && eq < end && header.slice(start, eq).trim() === name) {
+      let value = header.slice(eq + 1, end).trim();
+      if (value.length > 1 && value.charCodeAt(0) === 34 && value.charCodeAt(value.length - 1) === 34) value = value.slice(1, -1);
+      if (value === '') return undefined;
+      if (value.includes('%')) {
+        try {
+          value = decodeURIComponent(value);
+        } catch {
+          // Left as sent: the verifier will call it malformed.
+        }
+      }
+      return value;
+    }
+    start = end + 1;
+  }
+  return undefined;
+}

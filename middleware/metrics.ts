@@ -1,0 +1,299 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import onFinished from 'on-finished';
+import { collectDefaultMetrics, Counter, Gauge, register as globalRegistry, Histogram, type Registry } from 'prom-client';
+import { AuthenticationError, ConfigError, ForbiddenError } from '../lib/errors';
+import { IpList } from '../lib/ip-list';
+import { counter, gauge, histogram } from '../lib/metrics-registry';
+import { checkOptions } from '../lib/options';
+import { routeTemplate } from '../lib/route-template';
+import { perRuntime } from '../lib/runtime';
+
+/** Options of {@link metrics}. */
+export interface MetricsOptions {
+  /** Path the Prometheus text is served at (GET and HEAD), or false to serve it yourself from the registry. Defaults to '/metrics'. */
+  path?: string | false;
+  /** Bearer token a scraper must send (`Authorization: Bearer <token>`) to read `path`; compared in constant time. Defaults to none. */
+  token?: string;
+  /** Addresses and CIDRs allowed to read `path`, matched against `req.ip` (so `trust proxy` applies). Defaults to any. */
+  allow?: string[];
+  /** Collect prom-client's default process metrics (CPU, memory, event loop lag, GC), once per registry. Defaults to true. */
+  defaultMetrics?: boolean;
+  /** Prefix of every metric name this middleware creates, e.g. 'shop_'. Defaults to ''. */
+  prefix?: string;
+  /** Upper bounds in seconds of the `http_request_duration_seconds` buckets. Defaults to 5 ms … 30 s (see DEFAULT_BUCKETS). */
+  buckets?: number[];
+}
+
+/** Duration buckets (seconds) for an API: fine below 100 ms where most calls land, up to the default 30 s timeout. */
+export const DEFAULT_BUCKETS: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
+const KNOWN_OPTIONS = ['path', 'token', 'allow', 'defaultMetrics', 'prefix', 'buckets'] as const;
+const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
+// A client that hangs up before the response finished: nginx's "client closed request".
+const CLIENT_CLOSED = 499;
+// Label values are bounded by design (route templates, methods, status codes); this caps the
+// cache of labelled children should an app still produce many (custom methods, odd statuses).
+const MAX_CACHED_CHILDREN = 10_000;
+
+type HttpLabel = 'method' | 'route' | 'status_code';
+const HTTP_LABELS = ['method', 'route', 'status_code'] as const;
+
+const SERIES = {
+  requests: {
+    name: 'http_requests_total',
+    type: Counter,
+    labels: HTTP_LABELS,
+    help: 'HTTP requests answered, by method, route template and status code.',
+  },
+  duration: {
+    name: 'http_request_duration_seconds',
+    type: Histogram,
+    labels: HTTP_LABELS,
+    help: 'Time from entering the middleware to the end of the response, in seconds.',
+  },
+  inProgress: {
+    name: 'http_requests_in_progress',
+    type: Gauge,
+    labels: ['method'] as const,
+    help: 'HTTP requests being served, by method.',
+  },
+};
+
+interface Children {
+  requests: Counter.Internal;
+  duration: Histogram.Internal<HttpLabel>;
+}
+
+/**
+ * Prometheus metrics for every request: `http_requests_total{method,route,status_code}`,
+ * `http_request_duration_seconds{method,route,status_code}` and `http_requests_in_progress{method}`,
+ * where `route` is the Express route template (`/users/:id`) or `#unmatched`. Serves the registry
+ * at `path` (optionally behind a bearer `token` and/or an IP `allow` list); the scrape itself is
+ * not counted. Series live in the stack's registry (`stack.metricsRegistry`), or in prom-client's
+ * global registry when used alone.
+ */
+export function metrics(options: MetricsOptions = {}): RequestHandler {
+  return createMetrics(options);
+}
+
+/**
+ * {@link metrics} bound to `registry` at setup, so its series and default metrics exist before the
+ * first request. createStack's entry uses it with the stack's registry.
+ * @internal
+ */
+export function createMetrics(options: MetricsOptions = {}, registry?: Registry): RequestHandler {
+  checkOptions('metrics', options, KNOWN_OPTIONS);
+  const path = checkPath(options.path === undefined ? '/metrics' : options.path);
+  const prefix = checkPrefix(options.prefix ?? '');
+  const buckets = checkBuckets(options.buckets ?? DEFAULT_BUCKETS);
+  const defaultMetrics = options.defaultMetrics ?? true;
+  if (typeof defaultMetrics !== 'boolean') {
+    throw new ConfigError('metrics.defaultMetrics', `expected true or false, got ${String(defaultMetrics)}`);
+  }
+  const allow = options.allow === undefined ? undefined : new IpList(options.allow, 'metrics.allow');
+  const tokenDigest = options.token === undefined ? undefined : digest(checkToken(options.token));
+
+  const build = (reg: Registry): HttpSeries => {
+    if (defaultMetrics) collectDefaultsOnce(reg, prefix);
+    return new HttpSeries(reg, prefix, buckets);
+  };
+  // Alone, series are made on the first request (behind a stack, a route-level metrics() uses that
+  // stack's registry); a clash in the global registry is still worth refusing now.
+  if (registry === undefined) checkRegistry(globalRegistry, prefix);
+  const fixed = registry === undefined ? undefined : build(registry);
+  const seriesOf = fixed === undefined ? perRuntime((runtime) => build(runtime.registry)) : () => fixed;
+  const scrapePath = path === false ? undefined : path;
+
+  return function metricsMiddleware(req, res, next) {
+    const series = seriesOf(req);
+    if (scrapePath !== undefined && (req.method === 'GET' || req.method === 'HEAD') && isPath(req.url, scrapePath)) {
+      // The scrape is answered here and left out of the HTTP series: it would otherwise be the
+      // busiest, most regular "endpoint" and skew every rate and percentile.
+      if (allow !== undefined && !allow.has(req.ip)) return next(new ForbiddenError('Metrics are not served to this address.'));
+      if (tokenDigest !== undefined) {
+        const problem = bearerProblem(req.headers.authorization, tokenDigest);
+        if (problem !== undefined) return next(problem);
+      }
+      return scrape(series.registry, req, res, next);
+    }
+    // Captured on entry: the gauge must go down under the label it went up with, even if a
+    // method-override middleware rewrites req.method later.
+    const method = req.method;
+    const start = performance.now();
+    series.started(method);
+    onFinished(res, function recordRequest() {
+      const status = res.writableFinished ? res.statusCode : CLIENT_CLOSED;
+      series.finished(method, routeTemplate(req), status, (performance.now() - start) / 1000);
+    });
+    next();
+  };
+}
+
+/**
+ * The HTTP series of one registry. The labelled children are cached in nested Maps (route →
+ * method → status), so the hot path does three lookups on strings and numbers whose hashes are
+ * already computed, and never calls `labels()` (which validates and allocates) after warm-up.
+ * Per-endpoint aggregation stays in this one class, where a later `analytics()` can read it.
+ */
+class HttpSeries {
+  readonly registry: Registry;
+  private readonly requests: Counter<HttpLabel>;
+  private readonly duration: Histogram<HttpLabel>;
+  private readonly inProgress: Gauge<'method'>;
+  private readonly byRoute = new Map<string, Map<string, Map<number, Children>>>();
+  private readonly gauges = new Map<string, Gauge.Internal<'method'>>();
+  private cached = 0;
+
+  constructor(registry: Registry, prefix: string, buckets: number[]) {
+    checkRegistry(registry, prefix);
+    this.registry = registry;
+    this.requests = counter(registry, prefix + SERIES.requests.name, SERIES.requests.help, HTTP_LABELS);
+    this.duration = histogram(registry, prefix + SERIES.duration.name, SERIES.duration.help, HTTP_LABELS, buckets);
+    this.inProgress = gauge(registry, prefix + SERIES.inProgress.name, SERIES.inProgress.help, ['method'] as const);
+  }
+
+  started(method: string): void {
+    let child = this.gauges.get(method);
+    if (child === undefined) {
+      child = this.inProgress.labels(method);
+      if (this.gauges.size < MAX_CACHED_CHILDREN) this.gauges.set(method, child);
+    }
+    child.inc();
+  }
+
+  finished(method: string, route: string, status: number, seconds: number): void {
+    (this.gauges.get(method) ?? this.inProgress.labels(method)).dec();
+    const children = this.children(method, route, status);
+    children.requests.inc();
+    children.duration.observe(seconds);
+  }
+
+  private children(method: string, route: string, status: number): Children {
+    let byMethod = this.byRoute.get(route);
+    let byStatus = byMethod?.get(method);
+    let children = byStatus?.get(status);
+    if (children !== undefined) return children;
+    const code = String(status);
+    children = { requests: this.requests.labels(method, route, code), duration: this.duration.labels(method, route, code) };
+    if (this.cached >= MAX_CACHED_CHILDREN) return children;
+    if (byMethod === undefined) this.byRoute.set(route, (byMethod = new Map()));
+    if (byStatus === undefined) byMethod.set(method, (byStatus = new Map()));
+    byStatus.set(status, children);
+    this.cached++;
+    return children;
+  }
+}
+
+/**
+ * A metric the application (or another library) registered under one of our names must be usable
+ * as ours; checked at setup, so a clash is a ConfigError there and not a 500 on every request.
+ */
+function checkRegistry(registry: Registry, prefix: string): void {
+  for (const { name, type, labels } of Object.values(SERIES)) {
+    const existing = registry.getSingleMetric(prefix + name) as { labelNames?: string[] } | undefined;
+    if (existing === undefined) continue;
+    if (!(existing instanceof type) || labels.some((l) => !(existing.labelNames ?? []).includes(l))) {
+      throw new ConfigError(
+        'metrics.prefix',
+        `the registry already holds a metric named '${prefix + name}' of another type or without the labels ${labels.join(', ')}; set metrics.prefix (e.g. 'app_') to keep the two apart`,
+      );
+    }
+  }
+}
+
+// Default metrics register fixed names: a second collectDefaultMetrics() on one registry throws.
+const withDefaults = new WeakSet<Registry>();
+function collectDefaultsOnce(registry: Registry, prefix: string): void {
+  if (withDefaults.has(registry)) return;
+  withDefaults.add(registry);
+  // The application may have collected them on this registry itself.
+  if (registry.getSingleMetric(`${prefix}process_cpu_user_seconds_total`) !== undefined) return;
+  collectDefaultMetrics({ register: registry, prefix });
+}
+
+function scrape(registry: Registry, req: Request, res: Response, next: NextFunction): void {
+  registry.metrics().then(
+    function sendMetrics(text) {
+      try {
+        res.statusCode = 200;
+        res.setHeader('Content-Type', registry.contentType);
+        // A cached scrape is a stale scrape.
+        res.setHeader('Cache-Control', 'no-store');
+        res.setHeader('Content-Length', Buffer.byteLength(text));
+        res.end(req.method === 'HEAD' ? undefined : text);
+      } catch (err) {
+        next(err);
+      }
+    },
+    // A collect() callback of some gauge failed: the error envelope, not an unhandled rejection.
+    next,
+  );
+}
+
+/** Whether `url` (req.url, relative to the mount point) names `path`, with or without a trailing slash or query. */
+function isPath(url: string, path: string): boolean {
+  if (!url.startsWith(path)) return false;
+  const after = url.charCodeAt(path.length);
+  if (Number.isNaN(after) || after === 63 /* ? */) return true;
+  if (after !== 47 /* / */) return false;
+  const next = url.charCodeAt(path.length + 1);
+  return Number.isNaN(next) || next === 63;
+}
+
+function bearerProblem(header: string | undefined, expected: Buffer): AuthenticationError | undefined {
+  const token = typeof header === 'string' && /^bearer\s+/i.test(header) ? header.replace(/^bearer\s+/i, '').trim() : '';
+  if (token === '') return new AuthenticationError('A bearer token is required to read the metrics.');
+  // Equal-length digests: timingSafeEqual then leaks neither the token nor its length.
+  if (!timingSafeEqual(digest(token), expected))
+    return new AuthenticationError('The bearer token is not valid for the metrics.', 'INVALID_TOKEN');
+  return undefined;
+}
+
+function digest(value: string): Buffer {
+  return createHash('sha256').update(value).digest();
+}
+
+function checkPath(path: unknown): string | false {
+  if (path === false) return false;
+  if (typeof path !== 'string' || !path.startsWith('/') || /[?#\s]/.test(path)) {
+    throw new ConfigError(
+      'metrics.path',
+      `expected a path starting with '/' like '/metrics' (or false to serve it yourself), got ${JSON.stringify(path)}`,
+    );
+  }
+  // '/metrics/' and '/metrics' name the same endpoint; isPath accepts both.
+  return path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
+}
+
+function checkToken(token: unknown): string {
+  if (typeof token !== 'string' || token.trim() === '' || /\s/.test(token)) {
+    const got = typeof token === 'string' ? (token.trim() === '' ? 'an empty string' : 'a string with spaces') : typeof token;
+    throw new ConfigError('metrics.token', `expected a non-empty token without spaces (e.g. process.env.METRICS_TOKEN), got ${got}`);
+  }
+  return token;
+}
+
+function checkPrefix(prefix: unknown): string {
+  if (typeof prefix !== 'string' || (prefix !== '' && !METRIC_NAME.test(prefix))) {
+    throw new ConfigError(
+      'metrics.prefix',
+      `expected letters, digits, '_' or ':' not starting with a digit (like 'shop_'), got ${JSON.stringify(prefix)}`,
+    );
+  }
+  return prefix;
+}
+
+function checkBuckets(buckets: unknown): number[] {
+  const ok =
+    Array.isArray(buckets) &&
+    buckets.length > 0 &&
+    buckets.every((b, i) => typeof b === 'number' && Number.isFinite(b) && b > 0 && (i === 0 || b > (buckets[i - 1] as number)));
+  if (!ok) {
+    throw new ConfigError(
+      'metrics.buckets',
+      `expected increasing positive numbers of seconds like [0.05, 0.1, 0.5, 1], got ${JSON.stringify(buckets)}`,
+    );
+  }
+  return [...(buckets as number[])];
+}

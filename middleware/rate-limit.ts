@@ -1,0 +1,344 @@
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import type { Counter } from 'prom-client';
+import { ConfigError, QuotaExceededError, RateLimitError, ServiceUnavailableError } from '../lib/errors';
+import type { Logger } from '../lib/logger';
+import { counter } from '../lib/metrics-registry';
+import { checkOptions, oneOf } from '../lib/options';
+import { clientKey, type RateLimitKey } from '../lib/rate-limit/client-key';
+import { checkTier, compileTier, positiveInteger, windowOf, type CompiledTier, type RateLimitTier, type TierHeaders } from '../lib/rate-limit/policy';
+import { routeTemplate } from '../lib/route-template';
+import { perRuntime, type PerimeterRuntime } from '../lib/runtime';
+import {
+  MemoryRateLimitStore,
+  rateLimitStore,
+  type RateLimitAlgorithm,
+  type RateLimitDecision,
+  type RateLimitStore,
+} from '../lib/stores/rate-limit-store';
+import { describe, parseDuration } from '../lib/units';
+
+export type { RateLimitKey } from '../lib/rate-limit/client-key';
+export type { RateLimitTier } from '../lib/rate-limit/policy';
+export type { RateLimitAlgorithm } from '../lib/stores/rate-limit-store';
+
+/** Options of {@link rateLimit}. */
+export interface RateLimitOptions {
+  /** 'sliding-window' (two-window weighted counter), 'token-bucket' or 'fixed-window'. Defaults to 'sliding-window'. */
+  algorithm?: RateLimitAlgorithm;
+  /** Requests per window (the refill per window for the token bucket). Defaults to 100. */
+  limit?: number;
+  /** Window length, '1m' or milliseconds. Defaults to '1m'. */
+  window?: number | string;
+  /** Token bucket only: how many requests may arrive at once. Defaults to `limit`. */
+  burst?: number;
+  /** Requests per UTC day; refused with 429 QUOTA_EXCEEDED once spent. Defaults to none. */
+  daily?: number | false;
+  /** Who is counted: 'ip' (IPv6 by /64), 'user', 'apiKey', 'tenant' or `(req) => id`. Defaults to the API key, else the user, else the IP. */
+  key?: RateLimitKey;
+  /** Limits per `req.auth.tier`, e.g. `{ free: { limit: 60, daily: 1000 }, pro: { limit: 600 } }`. Defaults to none. */
+  tiers?: Record<string, RateLimitTier>;
+  /** Tier for callers without a (known) `req.auth.tier`. Defaults to `tiers.default` if given, else the top-level limit/window/daily. */
+  defaultTier?: string;
+  /** Units a request takes, or `(req) => units` for weighted requests. Defaults to 1. */
+  cost?: number | ((req: Request) => number);
+  /** Paths not limited (exact, after the mount path), or `(req) => boolean`, or false. Defaults to ['/health', '/health/ready']. */
+  skip?: string[] | ((req: Request) => boolean) | false;
+  /** Key namespace of this limiter; limiters with the same prefix share counts. Defaults to 'stack' in createStack, else an id from the algorithm, limit, window and creation order. */
+  prefix?: string;
+  /** Which headers: 'legacy' (X-RateLimit-*), 'ietf' (RateLimit-Policy, RateLimit), 'both', or false. Defaults to 'both'. */
+  headers?: 'legacy' | 'ietf' | 'both' | boolean;
+  /** When the store fails or is slower than `storeTimeout`: 'open' (let through), 'closed' (503) or 'memory' (a local limiter). Defaults to 'memory'. */
+  onStoreError?: 'open' | 'closed' | 'memory';
+  /** Longest a store decision may take before it counts as a failure. Defaults to '100ms'. */
+  storeTimeout?: number | string;
+  /** Instances sharing the limit: the 'memory' fallback admits limit / instances per instance. Defaults to 1. */
+  instances?: number;
+  /** Most clients a memory limiter remembers (least recently seen are forgotten first). Defaults to 100,000. */
+  maxKeys?: number;
+  /** Clock of the memory store and of `X-RateLimit-Reset`, in epoch ms (Redis always uses its own). Defaults to Date.now. */
+  now?: () => number;
+}
+
+const KNOWN = [
+  'algorithm',
+  'limit',
+  'window',
+  'burst',
+  'daily',
+  'key',
+  'tiers',
+  'defaultTier',
+  'cost',
+  'skip',
+  'prefix',
+  'headers',
+  'onStoreError',
+  'storeTimeout',
+  'instances',
+  'maxKeys',
+  'now',
+] as const;
+const ALGORITHMS = ['sliding-window', 'token-bucket', 'fixed-window'] as const;
+const DEFAULT_SKIP = ['/health', '/health/ready'];
+// While the store is down, one request every second tries it again; the others take the fail
+// mode at once instead of each waiting out the store timeout.
+const PROBE_INTERVAL_MS = 1000;
+const ALGORITHM_CODES: Record<RateLimitAlgorithm, string> = { 'sliding-window': 'sw', 'token-bucket': 'tb', 'fixed-window': 'fw' };
+const autoIds = new Map<string, number>();
+
+/**
+ * Limits requests per client on the stack's store (Redis: one atomic script per decision on the
+ * server's clock; memory: a bounded LRU). Sets `X-RateLimit-*` and IETF `RateLimit-Policy` /
+ * `RateLimit` on every limited response; refuses with 429 RATE_LIMIT_EXCEEDED (or QUOTA_EXCEEDED
+ * for the daily quota) and `Retry-After`.
+ */
+export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
+  checkOptions('rateLimit', options, KNOWN);
+  const algorithm = oneOf('rateLimit.algorithm', options.algorithm ?? 'sliding-window', ALGORITHMS);
+  const limit = positiveInteger(options.limit ?? 100, 'rateLimit.limit');
+  const windowMs = windowOf(options.window ?? '1m', 'rateLimit.window');
+  const instances = positiveInteger(options.instances ?? 1, 'rateLimit.instances');
+  const maxKeys = positiveInteger(options.maxKeys ?? 100_000, 'rateLimit.maxKeys');
+  const inherited = { limit, windowMs, algorithm };
+  const base = compileTier('default', { daily: options.daily, burst: options.burst }, inherited, instances, 'rateLimit');
+
+  const tiers = new Map<string, CompiledTier>();
+  if (options.tiers !== undefined) {
+    if (options.tiers === null || typeof options.tiers !== 'object' || Array.isArray(options.tiers)) {
+      throw new ConfigError('rateLimit.tiers', `expected an object like { free: { limit: 60 }, pro: { limit: 600 } }, got ${describe(options.tiers)}`);
+    }
+    for (const [name, tier] of Object.entries(options.tiers)) {
+      const option = `rateLimit.tiers.${name}`;
+      tiers.set(name, compileTier(name, checkTier(tier, option), inherited, instances, option));
+    }
+  }
+  let defaultTier = tiers.get('default') ?? base;
+  if (options.defaultTier !== undefined) {
+    const named = typeof options.defaultTier === 'string' ? tiers.get(options.defaultTier) : undefined;
+    if (named === undefined) {
+      throw new ConfigError('rateLimit.defaultTier', `expected the name of a tier in rateLimit.tiers (${[...tiers.keys()].join(', ') || 'none given'}), got ${describe(options.defaultTier)}`);
+    }
+    defaultTier = named;
+  }
+
+  const key = clientKey(options.key);
+  const { fixedCost, costOf } = compileCost(options.cost);
+  const { skipPaths, skipFn } = compileSkip(options.skip);
+  const headerMode = options.headers === undefined || options.headers === true ? 'both' : options.headers;
+  if (headerMode !== false) oneOf('rateLimit.headers', headerMode, ['legacy', 'ietf', 'both']);
+  const legacy = headerMode === 'legacy' || headerMode === 'both';
+  const ietf = headerMode === 'ietf' || headerMode === 'both';
+  const failMode = oneOf('rateLimit.onStoreError', options.onStoreError ?? 'memory', ['open', 'closed', 'memory']);
+  const storeTimeout = Math.max(1, Math.ceil(parseDuration(options.storeTimeout ?? '100ms', 'rateLimit.storeTimeout')));
+  if (options.now !== undefined && typeof options.now !== 'function') {
+    throw new ConfigError('rateLimit.now', `expected a function returning epoch milliseconds, got ${describe(options.now)}`);
+  }
+  const now = options.now ?? Date.now;
+  const prefix = options.prefix === undefined ? autoPrefix(algorithm, limit, windowMs) : checkPrefix(options.prefix);
+  const factory = rateLimitStore({ namespace: prefix, maxKeys, now });
+
+  // Built once per stack: a route-level limiter behind a stack counts on that stack's store.
+  const stateOf = perRuntime((runtime) => new LimiterState(runtime, runtime.stores.create(factory), () => new MemoryRateLimitStore(maxKeys, now), prefix, failMode));
+
+  function respond(req: Request, res: Response, next: NextFunction, state: LimiterState, tier: CompiledTier, d: RateLimitDecision, local: boolean): void {
+    const h = local ? tier.fallbackHeaders : tier.headers;
+    if (legacy) setLegacyHeaders(res, h, d, now());
+    if (ietf) setIetfHeaders(res, h, d);
+    if (d.outcome === 0) return next();
+    // Before routing (the stack's limiter) no route is known yet: routeTemplate says '#unmatched'.
+    state.rejections.inc({ key_type: key.type(req), route: routeTemplate(req) });
+    next(rejection(local ? tier.fallback : tier.policy, h, d));
+  }
+
+  function degrade(req: Request, res: Response, next: NextFunction, state: LimiterState, tier: CompiledTier, id: string, cost: number): void {
+    if (failMode === 'open') return next();
+    if (failMode === 'closed') return next(new ServiceUnavailableError('Rate limiting is unavailable right now; try again shortly.'));
+    respond(req, res, next, state, tier, state.local().consume(id, tier.fallback, cost), true);
+  }
+
+  return function rateLimitMiddleware(req, res, next) {
+    if (skipPaths !== undefined && skipPaths.has(req.baseUrl ? req.baseUrl + req.path : req.path)) return next();
+    if (skipFn !== undefined && skipFn(req)) return next();
+    const state = stateOf(req);
+    const tierName = req.auth?.tier;
+    const tier = (tierName !== undefined && tiers.get(tierName)) || defaultTier;
+    const cost = costOf === undefined ? fixedCost : checkCost(costOf(req));
+    const id = key.id(req);
+    if (state.outage && !state.mayProbe()) return degrade(req, res, next, state, tier, id, cost);
+
+    let pending: RateLimitDecision | Promise<RateLimitDecision>;
+    try {
+      pending = state.store.consume(id, tier.policy, cost, storeTimeout);
+    } catch (err) {
+      state.failed(err);
+      return degrade(req, res, next, state, tier, id, cost);
+    }
+    if (!isPromise(pending)) return respond(req, res, next, state, tier, pending, false);
+    pending.then(
+      (d) => {
+        state.answered();
+        try {
+          respond(req, res, next, state, tier, d, false);
+        } catch (err) {
+          next(err);
+        }
+      },
+      (err: unknown) => {
+        state.failed(err);
+        try {
+          degrade(req, res, next, state, tier, id, cost);
+        } catch (thrown) {
+          next(thrown);
+        }
+      },
+    );
+  };
+}
+
+/** Per stack: the store, the local fallback, the outage state and the metrics. */
+class LimiterState {
+  readonly store: RateLimitStore;
+  readonly rejections: Counter<'key_type' | 'route'>;
+  private readonly storeErrors: Counter<string>;
+  private readonly logger: Logger;
+  private fallback?: MemoryRateLimitStore;
+  outage = false;
+  private probing = false;
+  private nextProbeAt = 0;
+
+  constructor(
+    runtime: PerimeterRuntime,
+    store: RateLimitStore,
+    private readonly makeFallback: () => MemoryRateLimitStore,
+    private readonly prefix: string,
+    private readonly failMode: 'open' | 'closed' | 'memory',
+  ) {
+    this.store = store;
+    this.logger = runtime.logger;
+    this.rejections = counter(runtime.registry, 'rate_limit_rejections_total', 'Requests refused by rateLimit (429)', ['key_type', 'route']);
+    this.storeErrors = counter(runtime.registry, 'rate_limit_store_errors_total', 'Rate-limit decisions whose store failed or answered too late', []);
+  }
+
+  /** The local limiter of `onStoreError: 'memory'`, made on first use. */
+  local(): MemoryRateLimitStore {
+    return (this.fallback ??= this.makeFallback());
+  }
+
+  /** During an outage: whether this request may try the store (one at a time, once a second). */
+  mayProbe(): boolean {
+    if (this.probing || Date.now() < this.nextProbeAt) return false;
+    this.probing = true;
+    return true;
+  }
+
+  answered(): void {
+    this.probing = false;
+    if (!this.outage) return;
+    this.outage = false;
+    this.logger.info('Rate limiting is back on its shared store', { code: 'ERR_RATE_LIMIT_STORE_RECOVERED', limiter: this.prefix });
+  }
+
+  failed(err: unknown): void {
+    this.storeErrors.inc();
+    this.probing = false;
+    this.nextProbeAt = Date.now() + PROBE_INTERVAL_MS;
+    if (this.outage) return;
+    this.outage = true;
+    const e = err instanceof Error ? { name: err.name, message: err.message } : { message: String(err) };
+    this.logger.warn(`Rate limiting store failed; ${FAIL_MODE_TEXT[this.failMode]} until it answers again`, {
+      code: 'ERR_RATE_LIMIT_STORE_UNAVAILABLE',
+      limiter: this.prefix,
+      fail_mode: this.failMode,
+      err: e,
+    });
+  }
+}
+
+const FAIL_MODE_TEXT = {
+  open: "requests pass unlimited (onStoreError: 'open')",
+  closed: "requests are refused with 503 (onStoreError: 'closed')",
+  memory: "each instance limits on its own memory at limit / instances (onStoreError: 'memory')",
+} as const;
+
+function setLegacyHeaders(res: Response, h: TierHeaders, d: RateLimitDecision, now: number): void {
+  // Legacy fields carry one policy: whichever binds now, the window or the daily quota.
+  const daily = d.dailyRemaining >= 0 && (d.outcome === 2 || d.dailyRemaining < d.remaining);
+  const remaining = daily ? d.dailyRemaining : d.remaining;
+  // Refused: the reset is when this request could pass, so it agrees with Retry-After.
+  const resetMs = d.outcome === 0 ? (daily ? d.dailyResetMs : d.resetMs) : d.retryAfterMs;
+  res.setHeader('X-RateLimit-Limit', daily ? h.dailyLimit : h.limit);
+  res.setHeader('X-RateLimit-Remaining', String(remaining));
+  res.setHeader('X-RateLimit-Reset', String(Math.ceil((now + resetMs) / 1000)));
+}
+
+function setIetfHeaders(res: Response, h: TierHeaders, d: RateLimitDecision): void {
+  res.setHeader('RateLimit-Policy', h.policy);
+  // A refused request's effective window ends when it could pass (the draft: Retry-After is not earlier).
+  const t = Math.ceil((d.outcome === 1 ? d.retryAfterMs : d.resetMs) / 1000);
+  let value = `${h.item};r=${d.remaining};t=${t}`;
+  if (d.dailyRemaining >= 0) value += `, ${h.dailyItem};r=${d.dailyRemaining};t=${Math.ceil(d.dailyResetMs / 1000)}`;
+  res.setHeader('RateLimit', value);
+}
+
+function rejection(policy: { limit: number; daily: number }, h: TierHeaders, d: RateLimitDecision): RateLimitError {
+  const retry = Math.max(1, Math.ceil(d.retryAfterMs / 1000));
+  if (d.outcome === 2) {
+    return new QuotaExceededError(
+      `The daily quota of ${policy.daily} requests is used up; it renews at 00:00 UTC, in ${retry} s.`,
+      { limit: policy.daily, window: 86400, retry_after: retry },
+      retry,
+    );
+  }
+  return new RateLimitError(
+    `Too many requests: the limit is ${policy.limit} per ${h.windowSeconds} s; retry in ${retry} s.`,
+    { limit: policy.limit, window: h.windowSeconds, retry_after: retry },
+    retry,
+  );
+}
+
+function compileCost(cost: RateLimitOptions['cost']): { fixedCost: number; costOf?: (req: Request) => number } {
+  if (cost === undefined) return { fixedCost: 1 };
+  if (typeof cost === 'function') return { fixedCost: 1, costOf: cost };
+  if (typeof cost === 'number' && Number.isInteger(cost) && cost >= 0) return { fixedCost: cost };
+  throw new ConfigError('rateLimit.cost', `expected a whole number of units (0 or more) or a function (req) => units, got ${describe(cost)}`);
+}
+
+function checkCost(value: unknown): number {
+  if (typeof value === 'number' && value >= 0 && Number.isFinite(value)) return Math.ceil(value);
+  // A programming error in the user's cost function: surface it as a 500, not as a free request.
+  throw new TypeError(`rateLimit.cost function returned ${describe(value)}; it must return a number of units (0 or more)`);
+}
+
+function compileSkip(skip: RateLimitOptions['skip']): { skipPaths?: Set<string>; skipFn?: (req: Request) => boolean } {
+  if (skip === false) return {};
+  if (typeof skip === 'function') return { skipFn: skip };
+  const paths = skip ?? DEFAULT_SKIP;
+  if (!Array.isArray(paths) || paths.some((p) => typeof p !== 'string' || !p.startsWith('/'))) {
+    throw new ConfigError('rateLimit.skip', `expected paths like ['/health'], a function (req) => boolean, or false, got ${describe(skip)}`);
+  }
+  if (paths.length === 0) return {};
+  const set = new Set<string>();
+  for (const p of paths) {
+    set.add(p);
+    set.add(p.length > 1 && p.endsWith('/') ? p.slice(0, -1) : `${p}/`);
+  }
+  return { skipPaths: set };
+}
+
+function checkPrefix(prefix: unknown): string {
+  if (typeof prefix === 'string' && /^[A-Za-z0-9._:-]{1,64}$/.test(prefix)) return prefix;
+  throw new ConfigError('rateLimit.prefix', `expected 1-64 characters of [A-Za-z0-9._:-] like 'login', got ${describe(prefix)}`);
+}
+
+// Creation order is the same in every instance running the same code, so these ids agree across
+// instances; counting per settings keeps them stable when an unrelated limiter is added.
+function autoPrefix(algorithm: RateLimitAlgorithm, limit: number, windowMs: number): string {
+  const signature = `${ALGORITHM_CODES[algorithm]}-${limit}-${windowMs}`;
+  const n = (autoIds.get(signature) ?? 0) + 1;
+  autoIds.set(signature, n);
+  return n === 1 ? signature : `${signature}-${n}`;
+}
+
+function isPromise<T>(value: T | Promise<T>): value is Promise<T> {
+  return typeof (value as Promise<T> | undefined)?.then === 'function';
+}

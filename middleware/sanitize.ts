@@ -1,0 +1,159 @@
+import type { Request, RequestHandler } from 'express';
+import type { Counter } from 'prom-client';
+import { ConfigError } from '../lib/errors';
+import { counter } from '../lib/metrics-registry';
+import { checkOptions, oneOf } from '../lib/options';
+import { loggerOf, perRuntime } from '../lib/runtime';
+import { compileAllow } from '../lib/sanitize/allow';
+import { DETECTORS, detectAttacks } from '../lib/sanitize';
+import type { Action, Category } from '../lib/sanitize/types';
+import { Walk, type CategoryCheck, type Finding, type WalkConfig } from '../lib/sanitize/walker';
+
+export { detectAttacks };
+/** What `sanitize` does with a category: remove the dangerous part, answer 400, only log and count, or nothing. */
+export type SanitizeAction = Action | false;
+/** A category of attack `sanitize` looks for. */
+export type SanitizeCategory = Category;
+/** A part of the request `sanitize` covers. */
+export type SanitizeSource = 'query' | 'body' | 'params';
+
+/** Options of {@link sanitize}. */
+export interface SanitizeOptions {
+  /** Markup that runs script: `<script`, `<img onerror=`, `javascript:` URLs, encoded forms. Defaults to 'strip'. */
+  xss?: SanitizeAction;
+  /** SQL injection structure: `' OR '1'='1`, `UNION SELECT`, `; DROP TABLE`, `SLEEP(`. Defaults to 'report'. */
+  sql?: SanitizeAction;
+  /** MongoDB operators: keys starting with `$` or containing `.`, and `$where` payloads in strings. Defaults to 'strip'. */
+  nosql?: SanitizeAction;
+  /** `../` in any encoding, NUL bytes, `/etc/passwd`-style paths, `file://`. Defaults to 'report'. */
+  pathTraversal?: SanitizeAction;
+  /** A shell separator followed by a command: `; cat /etc/passwd`, `| nc`, `$(id)`, backticks. Defaults to 'report'. */
+  commandInjection?: SanitizeAction;
+  /** Fields that keep raw input: paths like 'body.markdown' (array indices skipped, `*` for any key) or bare key names matching anywhere. Defaults to []. */
+  allow?: string[];
+  /** Parts of the request covered; on a route behind a stack, `['params']` avoids scanning query and body twice. Defaults to ['query', 'body', 'params']. */
+  sources?: SanitizeSource[];
+  /** Deepest nesting of objects and arrays accepted (the top-level object is 1); deeper → 400 INPUT_TOO_COMPLEX. Defaults to 20. */
+  maxDepth?: number;
+  /** Most object keys plus array items accepted per request, over all sources; more → 400 INPUT_TOO_COMPLEX. Defaults to 1000. */
+  maxKeys?: number;
+}
+
+const DEFAULTS = {
+  xss: 'strip',
+  sql: 'report',
+  nosql: 'strip',
+  pathTraversal: 'report',
+  commandInjection: 'report',
+  sources: ['query', 'body', 'params'],
+  maxDepth: 20,
+  maxKeys: 1000,
+} as const;
+
+const CATEGORIES = Object.keys(DETECTORS) as Category[];
+const KNOWN = [...CATEGORIES, 'allow', 'sources', 'maxDepth', 'maxKeys'];
+const ACTIONS = ['strip', 'reject', 'report'] as const;
+const SOURCES = ['query', 'body', 'params'] as const;
+// Findings logged per request: an attacker sending a thousand bad fields gets one line per field
+// only up to this, then a summary; the metric still counts each.
+const MAX_LOGGED = 10;
+
+/**
+ * Cleans `req.query`, `req.body` and `req.params` of XSS, SQL, NoSQL, path-traversal and
+ * command-injection payloads: per category 'strip' (remove the dangerous part), 'reject'
+ * (400 INPUT_REJECTED naming the field and category, never the value) or 'report' (a warn
+ * log line and `sanitize_detections_total{category,action}`, input unchanged). Keys
+ * `__proto__`, `constructor` and `prototype` are always dropped. On Express 5, `req.query`
+ * becomes an own property holding the cleaned query.
+ */
+export function sanitize(options: SanitizeOptions = {}): RequestHandler {
+  checkOptions('sanitize', options, KNOWN);
+  const checks: CategoryCheck[] = [];
+  const triggers: string[] = [];
+  for (const category of CATEGORIES) {
+    const action = actionOf(category, options[category] ?? DEFAULTS[category]);
+    if (action === false) continue;
+    checks.push({ detector: DETECTORS[category], action });
+    triggers.push(DETECTORS[category].trigger.source);
+  }
+  const cfg: WalkConfig = {
+    checks,
+    trigger: triggers.length === 0 ? undefined : new RegExp(triggers.join('|'), 'i'),
+    operatorKeys: actionOf('nosql', options.nosql ?? DEFAULTS.nosql),
+    allow: compileAllow(options.allow, 'sanitize.allow'),
+    maxDepth: limit('sanitize.maxDepth', options.maxDepth ?? DEFAULTS.maxDepth, 1000),
+    maxKeys: limit('sanitize.maxKeys', options.maxKeys ?? DEFAULTS.maxKeys, 10_000_000),
+  };
+  const sources = sourcesOf(options.sources ?? DEFAULTS.sources);
+  const doQuery = sources.includes('query');
+  const doBody = sources.includes('body');
+  const doParams = sources.includes('params');
+  const detections = perRuntime((rt) =>
+    counter(rt.registry, 'sanitize_detections_total', 'Request fields sanitize found an attack in, by category and action taken.', ['category', 'action']),
+  );
+
+  return function sanitizeMiddleware(req, _res, next) {
+    const walk = new Walk(cfg);
+    try {
+      if (doQuery) {
+        const query: unknown = req.query;
+        // Express 5 re-parses the URL on every read of req.query, so assigning would be lost:
+        // an own property shadows the getter for the rest of the request.
+        if (query !== undefined) Object.defineProperty(req, 'query', { value: walk.source('query', query), writable: true, configurable: true, enumerable: true });
+      }
+      if (doBody && req.body !== undefined) {
+        const body: unknown = req.body;
+        const cleaned = walk.source('body', body);
+        if (cleaned !== body) req.body = cleaned;
+      }
+      if (doParams && req.params !== undefined) {
+        const params = req.params;
+        const cleaned = walk.source('params', params);
+        if (cleaned !== params) req.params = cleaned as typeof params;
+      }
+    } catch (err) {
+      if (walk.findings !== undefined) report(req, walk.findings, detections(req));
+      return next(err);
+    }
+    if (walk.findings !== undefined) report(req, walk.findings, detections(req));
+    next();
+  };
+}
+
+function report(req: Request, findings: Finding[], detections: Counter<'category' | 'action'>): void {
+  const log = loggerOf(req);
+  let logged = 0;
+  for (const f of findings) {
+    detections.inc({ category: f.category, action: f.action });
+    // A reject is logged by the error path with the request; strip and report are logged here.
+    if (f.action === 'reject' || logged >= MAX_LOGGED) continue;
+    logged++;
+    const fields = { field: f.field, category: f.category, action: f.action };
+    if (f.action === 'report') log.warn('Suspicious input reported', fields);
+    else log.info('Suspicious input stripped', fields);
+  }
+  const unlogged = findings.filter((f) => f.action !== 'reject').length - logged;
+  if (unlogged > 0) log.warn('More suspicious input not logged', { count: unlogged });
+}
+
+function actionOf(category: Category, value: unknown): SanitizeAction {
+  if (value === false) return false;
+  if (typeof value !== 'string' || !(ACTIONS as readonly string[]).includes(value)) {
+    throw new ConfigError(`sanitize.${category}`, `expected 'strip', 'reject', 'report' or false, got ${typeof value === 'string' ? `'${value}'` : String(value)}`);
+  }
+  return value as Action;
+}
+
+function limit(option: string, value: unknown, max: number): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > max) {
+    throw new ConfigError(option, `expected a whole number from 1 to ${max}, got ${String(value)}`);
+  }
+  return value;
+}
+
+function sourcesOf(value: unknown): SanitizeSource[] {
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new ConfigError('sanitize.sources', `expected a non-empty array of 'query', 'body', 'params', got ${JSON.stringify(value)}`);
+  }
+  return value.map((s) => oneOf('sanitize.sources', s, SOURCES));
+}
