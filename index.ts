@@ -16,6 +16,7 @@ export type { AuthInfo, ApiKeyInfo, TenantInfo, RequestFeatures } from './types/
 export { requestId, type RequestIdOptions } from './middleware/request-id';
 export { requestLogger, type RequestLoggerOptions } from './middleware/request-logger';
 export { metrics, type MetricsOptions } from './middleware/metrics';
+export type { MetricsHandler, MetricsMethods, AnalyticsQuery, AnalyticsOptions, AnalyticsReport, AnalyticsTopEntry, AnalyticsLatencyEntry, AnalyticsErrorEntry } from './middleware/metrics';
 export { securityHeaders, type SecurityHeadersOptions } from './middleware/security-headers';
 export { cors, type PerimeterCorsOptions } from './middleware/cors';
 export { ipFilter, type IpFilterOptions, type IpFilterHandler, type IpRules, type AutoBanOptions, type IpBlock } from './middleware/ip-filter';
@@ -27,6 +28,9 @@ export { auth, type AuthOptions, type ApiKeyEntry, type ApiKeyLookup, type ApiKe
 export { requireAuth, requireApiKey, requireRole, type GuardOptions } from './middleware/require-auth';
 export { credits, type CreditsOptions, type CreditsMethods, type CreditsHandler } from './middleware/credits';
 export type { CreditsHistoryEntry } from './lib/stores/credits-store';
+export { tenant, type TenantOptions, type TenantHandler, type TenantConfig, type TenantResolver, type TenantSource } from './middleware/tenant';
+export { featureFlags, type FeatureFlagsOptions, type FeatureFlagsHandler, type FeatureFlagsMethods, type FlagSourceOption, type FlagFileSource, type FlagDefinition, type FlagInput, type FlagReason, type FlagResult, type FlagSubject } from './middleware/feature-flags';
+export { requireFeature, type RequireFeatureOptions } from './middleware/require-feature';
 export { rateLimit, type RateLimitOptions, type RateLimitTier, type RateLimitKey, type RateLimitAlgorithm } from './middleware/rate-limit';
 export { sanitize, detectAttacks, type SanitizeOptions, type SanitizeAction, type SanitizeCategory, type SanitizeSource } from './middleware/sanitize';
 export { cache, type CacheOptions, type CacheHandler, type CacheMethods } from './middleware/cache';

@@ -102,6 +102,7 @@ const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as {
   exports: Record<string, string | { types: string; default: string }>;
   dependencies?: Record<string, string>;
   peerDependencies?: Record<string, string>;
+  bin?: string | Record<string, string>;
 };
 const SUBPATHS = Object.keys(pkg.exports ?? {})
   .filter((key) => key !== '.' && key !== './package.json')
@@ -156,7 +157,10 @@ describe('package.json', () => {
     const targets = Object.values(pkg.exports).flatMap((target) => (typeof target === 'string' ? [target] : [target.types, target.default]));
     for (const target of targets) expect(files).toContain(target.replace(/^\.\//, ''));
     expect(files).toContain('dist/types/express-augment.d.ts');
-    expect(files.filter((file) => !/^(dist\/|package\.json$|README\.md$|CHANGELOG\.md$|LICENSE)/.test(file))).toEqual([]);
+    // Besides dist/, only the manifest, the docs and the CLI entry points named in `bin`.
+    const bins = Object.values(typeof pkg.bin === 'string' ? { cli: pkg.bin } : (pkg.bin ?? {})).map((bin) => bin.replace(/^\.\//, ''));
+    const extra = files.filter((file) => !/^(dist\/|package\.json$|README\.md$|CHANGELOG\.md$|LICENSE)/.test(file) && !bins.includes(file));
+    expect(extra).toEqual([]);
     expect(files.filter((file) => /\.test\.|__tests__|\/bench\//.test(file))).toEqual([]);
   });
 

@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
 import type { Express, Request } from 'express';
 import request from 'supertest';
 import { ConfigError, createStack, errorNormalizer, sizeLimit, type StackConfig } from '../index';
@@ -100,9 +101,15 @@ function sink(): Writable & { bytes: number; finished: boolean } {
   return w;
 }
 
+const stacks: Array<ReturnType<typeof createStack>> = [];
+afterEach(async () => {
+  await Promise.all(stacks.splice(0).map((s) => s.close()));
+});
+
 function stackApp(config: StackConfig, routes: (app: Express) => void) {
   const { logger, lines } = recordingLogger();
   const stack = createStack({ logger, rateLimit: false, ...config });
+  stacks.push(stack);
   const app = newApp();
   app.use(stack);
   routes(app);
@@ -149,6 +156,32 @@ describe('sizeLimit: Content-Length', () => {
     await request(app).post('/echo').send(JSON.parse(json(1500))).expect(200, { n: 1490 });
     const res = await request(app).post('/echo').send(JSON.parse(json(3000))).expect(413);
     expect(res.body.error).toMatchObject({ code: 'PAYLOAD_TOO_LARGE', details: { limit: 2048, received: 3000 } });
+  });
+});
+
+describe('sizeLimit: bodyParser in a stack', () => {
+  // A gzip body is small on the wire, where sizeLimit counts: only bodyParser sees it inflated.
+  const gzipped = (bytes: number) => gzipSync(Buffer.from(json(bytes)));
+  const post = (app: Express, body: Buffer, key?: string) => {
+    const req = request(app).post('/echo').set('Content-Type', 'application/json').set('Content-Encoding', 'gzip');
+    if (key) req.set('X-API-Key', key);
+    return req.send(body);
+  };
+
+  it('takes its limit from sizeLimit.max, for bodies as they are once inflated', async () => {
+    const { app } = stackApp({ sizeLimit: { max: '2kb' } }, (a) => a.post('/echo', (req, res) => res.json({ n: req.body.pad.length })));
+    await post(app, gzipped(1500)).expect(200, { n: 1490 });
+    const res = await post(app, gzipped(10000)).expect(413);
+    expect(res.body.error.code).toBe('PAYLOAD_TOO_LARGE');
+  });
+
+  it('takes the largest tier as its limit when there are tiers', async () => {
+    const { app } = stackApp(
+      { sizeLimit: { max: '1kb', tiers: { pro: '8kb' } }, auth: { apiKeys: [{ key: 'key-pro-0123456789', name: 'p', tier: 'pro' }], required: false } },
+      (a) => a.post('/echo', (req, res) => res.json({ n: req.body.pad.length })),
+    );
+    await post(app, gzipped(6000), 'key-pro-0123456789').expect(200, { n: 5990 });
+    await post(app, gzipped(10000), 'key-pro-0123456789').expect(413);
   });
 });
 
@@ -369,10 +402,14 @@ describe('sizeLimit: tiers', () => {
     expect(res.body.error.details).toEqual({ limit: 8192, received: 9000 });
   });
 
-  it('puts the tier check right after sizeLimit when auth is off', () => {
+  it('puts the tier check right after sizeLimit when auth is off, and adds none without tiers', () => {
     const stack = createStack({ logger: recordingLogger().logger, sizeLimit: { tiers: { pro: '5mb' } } });
+    const plain = createStack({ logger: recordingLogger().logger });
+    stacks.push(stack, plain);
     expect(stack.order[stack.order.indexOf('sizeLimit') + 1]).toBe('sizeLimitTier');
-    expect(createStack({ logger: recordingLogger().logger }).order).not.toContain('sizeLimitTier');
+    expect(plain.order).not.toContain('sizeLimitTier');
+    // On by default, in the documented place: ipFilter → sizeLimit → timeout → bodyParser.
+    expect(plain.order.slice(plain.order.indexOf('sizeLimit'), plain.order.indexOf('bodyParser') + 1)).toEqual(['sizeLimit', 'timeout', 'bodyParser']);
   });
 
   it('picks the tier on a route-level sizeLimit placed after auth', async () => {

@@ -1,5 +1,5 @@
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import type { Express, NextFunction, Request, RequestHandler, Response } from 'express';
 import { ClientClosedRequestError, ConfigError, createStack, errorNormalizer, requestId, timeout, type StackConfig } from '../index';
 import { EXPRESS_MAJOR, newApp, recordingLogger } from './helpers/app';
@@ -73,9 +73,15 @@ function asyncHandler(fn: (req: Request, res: Response, next: NextFunction) => P
   return (req, res, next) => void fn(req, res, next).catch(next);
 }
 
+const stacks: Array<ReturnType<typeof createStack>> = [];
+afterEach(async () => {
+  await Promise.all(stacks.splice(0).map((s) => s.close()));
+});
+
 function stackApp(config: StackConfig, routes: (app: Express) => void) {
   const { logger, lines } = recordingLogger();
   const stack = createStack({ logger, rateLimit: false, ...config });
+  stacks.push(stack);
   const app = newApp();
   app.use(stack);
   routes(app);
@@ -356,6 +362,39 @@ describe('timeout', () => {
     jest.advanceTimersByTime(100);
     await expect(response).rejects.toThrow(/aborted|socket hang up/);
     expect(req.signal.reason).toMatchObject({ code: 'GATEWAY_TIMEOUT' });
+  });
+
+  it('leaves alone a response the handler ended in time that is still flushing to a slow client', async () => {
+    const size = 8 * 1024 * 1024;
+    const ended = signal<Response>();
+    const { app, lines } = stackApp({ timeout: { ms: 100 } }, (a) =>
+      a.get('/big', (_req, res) => {
+        res.setHeader('Content-Type', 'application/octet-stream');
+        res.end(Buffer.alloc(size));
+        ended.resolve(res);
+      }),
+    );
+    const port = await listen(app);
+    // A client that does not read yet, so the response cannot finish flushing before the deadline.
+    const socket = net.connect(port, '127.0.0.1');
+    socket.pause();
+    socket.write('GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n');
+    const res = await ended.promise;
+    expect(res.writableFinished).toBe(false);
+    jest.advanceTimersByTime(1000);
+    let received = 0;
+    let head = '';
+    socket.on('data', (c: Buffer) => {
+      if (head === '') head = c.subarray(0, 12).toString();
+      received += c.length;
+    });
+    socket.resume();
+    await new Promise((r) => socket.once('close', r));
+    expect(head).toBe('HTTP/1.1 200');
+    expect(received).toBeGreaterThan(size);
+    // Not a timeout: nothing aborted, nothing logged as failed.
+    expect(res.req.signal.aborted).toBe(false);
+    expect(lines.filter((l) => l.code === 'GATEWAY_TIMEOUT')).toEqual([]);
   });
 
   it('works alone, without a stack or a request id', async () => {

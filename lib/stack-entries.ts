@@ -7,6 +7,7 @@ import { createCache, type CacheOptions } from '../middleware/cache';
 import { createCircuitBreaker, type CircuitBreakerOptions } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
 import { credits, type CreditsOptions } from '../middleware/credits';
+import { createFeatureFlags, type FeatureFlagsOptions } from '../middleware/feature-flags';
 import { rateLimit, type RateLimitOptions } from '../middleware/rate-limit';
 import { createIpFilter, type IpFilterOptions } from '../middleware/ip-filter';
 import { createMetrics, type MetricsOptions } from '../middleware/metrics';
@@ -15,6 +16,7 @@ import { requestLogger } from '../middleware/request-logger';
 import { sanitize, type SanitizeOptions } from '../middleware/sanitize';
 import { securityHeaders } from '../middleware/security-headers';
 import { sizeLimitCeiling, stackSizeLimit, type SizeLimitOptions } from '../middleware/size-limit';
+import { tenant, type TenantOptions } from '../middleware/tenant';
 import { timeout } from '../middleware/timeout';
 
 /** A middleware as createStack builds it; run-time methods (block, invalidate…) hang off the handler. */
@@ -103,6 +105,10 @@ export const STACK_ENTRIES: Record<string, StackEntry> = {
   auditLog: { name: 'auditLog', defaultOn: true, build: (o, { runtime }) => createAuditLog(o as AuditLogOptions, runtime) },
   // 30 s by default; a route-level timeout() replaces the deadline for its route.
   timeout: { name: 'timeout', defaultOn: true, build: (o) => timeout(o) },
+  // Off until configured; after auth (the token's tenant claim is known) and before the limiters (keys join the tenant).
+  tenant: { name: 'tenant', defaultOn: false, build: (o) => tenant(o as TenantOptions) },
+  // Off until configured; bound to the stack's stores (source 'redis') and logger, so stack.middleware.featureFlags.set() works at once.
+  featureFlags: { name: 'featureFlags', defaultOn: false, build: (o, { runtime }) => createFeatureFlags(o as FeatureFlagsOptions, runtime) },
   // On by default with no ttl: ETag/304 only. Bound to the stack, so stack.middleware.cache.invalidate() acts on its stores.
   cache: { name: 'cache', defaultOn: true, build: (o, { runtime }) => createCache(o as CacheOptions, runtime) },
   // Off until configured: one breaker for the whole stack, named 'stack' (it runs before routing, so it cannot tell routes apart; per-route breakers go on the routes).

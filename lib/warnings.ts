@@ -25,6 +25,8 @@ export const WARNINGS = {
     'requireAuth/requireApiKey/requireRole ran on a request that auth() did not see, so every request is refused as anonymous; mount auth() (or createStack({ auth })) before the guards',
   ERR_AUDIT_WITHOUT_AUDIT_LOG:
     "audit('EVENT') ran on a request no auditLog serves, so nothing is recorded; mount auditLog() (or createStack(), where it is on by default) before the routes",
+  ERR_FEATURE_WITHOUT_FLAGS:
+    "requireFeature(name) ran on a request no featureFlags served, so every request is refused with 404 FEATURE_DISABLED; mount featureFlags() (or createStack({ featureFlags })) before the route, or give the guard its own flags: requireFeature(name, { flags })",
 } as const;
 
 /** A code of {@link WARNINGS}. */

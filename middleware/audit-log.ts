@@ -191,20 +191,23 @@ export function createAuditLog(options: AuditLogOptions = {}, stackRuntime?: Per
     }
     if (overflow === 'block' && !queue.hasRoom()) {
       // Backpressure at the door: the write waits (or is refused) rather than running unrecorded.
-      queue.waitForRoom(blockTimeout).then((room) => {
-        if (!room) {
-          return next(new ServiceUnavailableError('The audit log is not keeping up, so this write was not processed; retry shortly.').withHeaders({ 'Retry-After': '1' }));
-        }
-        tracker.track(req, res);
-        next();
-      }, next);
+      queue
+        .waitForRoom(blockTimeout)
+        .then((room) => {
+          if (!room) {
+            return next(new ServiceUnavailableError('The audit log is not keeping up, so this write was not processed; retry shortly.').withHeaders({ 'Retry-After': '1' }));
+          }
+          tracker.track(req, res);
+          next();
+        })
+        .catch(next);
       return;
     }
     tracker.track(req, res);
     next();
   } as AuditLogHandler;
 
-  handler.flush = (timeout) => queue.flush(timeout === undefined ? closeTimeout : parseDuration(timeout, 'auditLog.flush(timeout)'));
+  handler.flush = async (timeout) => queue.flush(timeout === undefined ? closeTimeout : parseDuration(timeout, 'auditLog.flush(timeout)'));
   let closing: Promise<void> | undefined;
   handler.close = () =>
     (closing ??= (async () => {

@@ -167,7 +167,7 @@ interface Fill {
 /** The response hooks of one GET/HEAD request (one set, whatever the number of cache layers). */
 interface Pending {
   req: Request;
-  prevSend: (body?: unknown) => Response;
+  prevSend: (...args: unknown[]) => Response;
   prevEnd: (...args: unknown[]) => Response;
   head: boolean;
   etag: boolean;
@@ -592,12 +592,14 @@ function installHooks(req: Request, res: Response, layer: Layer): Pending {
  * res.send hook: the body is known here, before Express hashes it for its own weak ETag, so the
  * strong ETag is set first and Express skips its hash (one hash per response, never two).
  */
-function cacheSend(this: Response, body?: unknown): Response {
+function cacheSend(this: Response, ...args: unknown[]): Response {
   const p = (this as unknown as Hooked)[PENDING] as Pending;
+  const body = args[0];
   const status = this.statusCode;
   // Objects come back through res.json → res.send(string); only the final bytes are claimed.
-  if (p.done || p.claimed || status < 200 || status >= 300 || (typeof body !== 'string' && !ArrayBuffer.isView(body))) {
-    return p.prevSend.call(this, body);
+  // Express 4's deprecated res.send(status, body) passes through untouched and returns here the same way.
+  if (p.done || p.claimed || args.length !== 1 || status < 200 || status >= 300 || (typeof body !== 'string' && !ArrayBuffer.isView(body))) {
+    return p.prevSend.apply(this, args);
   }
   p.claimed = true;
   p.body = body;
@@ -782,11 +784,12 @@ function isAuthenticated(req: Request): boolean {
   return req.user !== undefined || req.apiKey !== undefined;
 }
 
-/** GET and HEAD share an entry; the query is sorted by name (repeated names keep their order), long keys are hashed. */
+/** Host name, path and query: GET and HEAD share an entry; the query is sorted by name (repeated names keep their order), long keys are hashed. */
 function keyOf(req: Request, identity: string, keyFn: Server['keyFn'], varyKeys: string[] | undefined): string {
   const url = req.originalUrl || req.url;
   const q = url.indexOf('?');
-  let key = `GET ${req.headers.host ?? ''}${q === -1 ? url : url.slice(0, q)}`;
+  // The host name (not the port), as Express reads it: one app may answer for several sites.
+  let key = `GET ${req.hostname ?? ''}${q === -1 ? url : url.slice(0, q)}`;
   if (q !== -1 && q + 1 < url.length) key += `?${sortedQuery(url.slice(q + 1))}`;
   if (varyKeys !== undefined) for (const name of varyKeys) key += `\n${headerString(req.headers[name]) ?? ''}`;
   if (identity !== '') key += `\n@${identity}`;

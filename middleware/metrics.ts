@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import onFinished from 'on-finished';
 import { collectDefaultMetrics, Counter, Gauge, register as globalRegistry, Histogram, type Registry } from 'prom-client';
+import { Analytics, checkLimit, parseAnalyticsOptions, type AnalyticsOptions, type AnalyticsReport, type Endpoint } from '../lib/analytics';
 import { AuthenticationError, ConfigError, ForbiddenError } from '../lib/errors';
 import { IpList } from '../lib/ip-list';
 import { counter, gauge, histogram } from '../lib/metrics-registry';
@@ -23,12 +24,42 @@ export interface MetricsOptions {
   prefix?: string;
   /** Upper bounds in seconds of the `http_request_duration_seconds` buckets. Defaults to 5 ms … 30 s (see DEFAULT_BUCKETS). */
   buckets?: number[];
+  /** Per-endpoint analytics in process memory, read by `analytics()` and optionally served at `analytics.path`; false records nothing. Defaults to on: window '15m' in 15 buckets, 1000 endpoints, not served. */
+  analytics?: AnalyticsOptions | boolean;
+}
+
+export type { AnalyticsOptions, AnalyticsReport, AnalyticsTopEntry, AnalyticsLatencyEntry, AnalyticsErrorEntry } from '../lib/analytics';
+
+/** Options of one `analytics()` call. */
+export interface AnalyticsQuery {
+  /** Endpoints per list. Defaults to `analytics.limit` (10). */
+  limit?: number;
+}
+
+/** The run-time methods of a {@link metrics} handler (also `stack.middleware.metrics`). */
+export interface MetricsMethods {
+  /**
+   * Top endpoints by count, slowest by p95 (with p50 and p99) and 4xx/5xx rates per endpoint over
+   * the last `analytics.window`, from the requests this handler measured. Throws ConfigError when
+   * the handler was made with `analytics: false`.
+   */
+  analytics(options?: AnalyticsQuery): AnalyticsReport;
+}
+
+/** A {@link metrics} middleware with its run-time methods. */
+export type MetricsHandler = RequestHandler & MetricsMethods;
+
+declare module '../lib/create-stack' {
+  interface StackMiddleware {
+    /** The stack's metrics, with `analytics()` (on by default). */
+    metrics: MetricsHandler;
+  }
 }
 
 /** Duration buckets (seconds) for an API: fine below 100 ms where most calls land, up to the default 30 s timeout. */
 export const DEFAULT_BUCKETS: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
-const KNOWN_OPTIONS = ['path', 'token', 'allow', 'defaultMetrics', 'prefix', 'buckets'] as const;
+const KNOWN_OPTIONS = ['path', 'token', 'allow', 'defaultMetrics', 'prefix', 'buckets', 'analytics'] as const;
 const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
 // A client that hangs up before the response finished: nginx's "client closed request".
 const CLIENT_CLOSED = 499;
@@ -63,6 +94,8 @@ const SERIES = {
 interface Children {
   requests: Counter.Internal;
   duration: Histogram.Internal<HttpLabel>;
+  /** The analytics endpoint of (method, route), resolved with the children so the hot path looks nothing up for it. */
+  endpoint: Endpoint | undefined;
 }
 
 /**
@@ -71,9 +104,10 @@ interface Children {
  * where `route` is the Express route template (`/users/:id`) or `#unmatched`. Serves the registry
  * at `path` (optionally behind a bearer `token` and/or an IP `allow` list); the scrape itself is
  * not counted. Series live in the stack's registry (`stack.metricsRegistry`), or in prom-client's
- * global registry when used alone.
+ * global registry when used alone. `analytics()` on the handler reports top, slowest and failing
+ * endpoints over the last `analytics.window`.
  */
-export function metrics(options: MetricsOptions = {}): RequestHandler {
+export function metrics(options: MetricsOptions = {}): MetricsHandler {
   return createMetrics(options);
 }
 
@@ -82,7 +116,7 @@ export function metrics(options: MetricsOptions = {}): RequestHandler {
  * first request. createStack's entry uses it with the stack's registry.
  * @internal
  */
-export function createMetrics(options: MetricsOptions = {}, registry?: Registry): RequestHandler {
+export function createMetrics(options: MetricsOptions = {}, registry?: Registry): MetricsHandler {
   checkOptions('metrics', options, KNOWN_OPTIONS);
   const path = checkPath(options.path === undefined ? '/metrics' : options.path);
   const prefix = checkPrefix(options.prefix ?? '');
@@ -93,10 +127,14 @@ export function createMetrics(options: MetricsOptions = {}, registry?: Registry)
   }
   const allow = options.allow === undefined ? undefined : new IpList(options.allow, 'metrics.allow');
   const tokenDigest = options.token === undefined ? undefined : digest(checkToken(options.token));
+  const analyticsOptions = parseAnalyticsOptions(options.analytics);
+  // One per handler, whatever registries it writes to: it reports the requests this handler measured.
+  const tracker = analyticsOptions && new Analytics(analyticsOptions.settings);
+  const served = tracker && analyticsOptions?.path !== undefined ? { tracker, path: analyticsOptions.path, limit: analyticsOptions.limit } : undefined;
 
   const build = (reg: Registry): HttpSeries => {
     if (defaultMetrics) collectDefaultsOnce(reg, prefix);
-    return new HttpSeries(reg, prefix, buckets);
+    return new HttpSeries(reg, prefix, buckets, tracker);
   };
   // Alone, series are made on the first request (behind a stack, a route-level metrics() uses that
   // stack's registry); a clash in the global registry is still worth refusing now.
@@ -104,18 +142,25 @@ export function createMetrics(options: MetricsOptions = {}, registry?: Registry)
   const fixed = registry === undefined ? undefined : build(registry);
   const seriesOf = fixed === undefined ? perRuntime((runtime) => build(runtime.registry)) : () => fixed;
   const scrapePath = path === false ? undefined : path;
+  const refusal = (req: Request): ForbiddenError | AuthenticationError | undefined => {
+    if (allow !== undefined && !allow.has(req.ip)) return new ForbiddenError('Metrics are not served to this address.');
+    return tokenDigest === undefined ? undefined : bearerProblem(req.headers.authorization, tokenDigest);
+  };
 
-  return function metricsMiddleware(req, res, next) {
+  const handler = function metricsMiddleware(req: Request, res: Response, next: NextFunction) {
     const series = seriesOf(req);
     if (scrapePath !== undefined && (req.method === 'GET' || req.method === 'HEAD') && isPath(req.url, scrapePath)) {
       // The scrape is answered here and left out of the HTTP series: it would otherwise be the
       // busiest, most regular "endpoint" and skew every rate and percentile.
-      if (allow !== undefined && !allow.has(req.ip)) return next(new ForbiddenError('Metrics are not served to this address.'));
-      if (tokenDigest !== undefined) {
-        const problem = bearerProblem(req.headers.authorization, tokenDigest);
-        if (problem !== undefined) return next(problem);
-      }
+      const problem = refusal(req);
+      if (problem !== undefined) return next(problem);
       return scrape(series.registry, req, res, next);
+    }
+    // Same protection as the scrape, and likewise not counted.
+    if (served !== undefined && (req.method === 'GET' || req.method === 'HEAD') && isPath(req.url, served.path)) {
+      const problem = refusal(req);
+      if (problem !== undefined) return next(problem);
+      return sendReport(served.tracker.report(served.limit), req, res);
     }
     // Captured on entry: the gauge must go down under the label it went up with, even if a
     // method-override middleware rewrites req.method later.
@@ -124,17 +169,26 @@ export function createMetrics(options: MetricsOptions = {}, registry?: Registry)
     series.started(method);
     onFinished(res, function recordRequest() {
       const status = res.writableFinished ? res.statusCode : CLIENT_CLOSED;
-      series.finished(method, routeTemplate(req), status, (performance.now() - start) / 1000);
+      const end = performance.now();
+      series.finished(method, routeTemplate(req), status, (end - start) / 1000, end);
     });
     next();
+  } as MetricsHandler;
+  handler.analytics = function analytics(query?: AnalyticsQuery): AnalyticsReport {
+    if (tracker === undefined || analyticsOptions === undefined) {
+      throw new ConfigError('metrics.analytics', 'is false, so no analytics were recorded; remove analytics: false to call analytics()');
+    }
+    const { limit } = checkOptions('metrics.analytics()', query, ['limit']);
+    return tracker.report(limit === undefined ? analyticsOptions.limit : checkLimit(limit, 'metrics.analytics().limit'));
   };
+  return handler;
 }
 
 /**
  * The HTTP series of one registry. The labelled children are cached in nested Maps (route →
  * method → status), so the hot path does three lookups on strings and numbers whose hashes are
  * already computed, and never calls `labels()` (which validates and allocates) after warm-up.
- * Per-endpoint aggregation stays in this one class, where a later `analytics()` can read it.
+ * Per-endpoint analytics ride on the same cache: each children entry carries its endpoint.
  */
 class HttpSeries {
   readonly registry: Registry;
@@ -145,7 +199,12 @@ class HttpSeries {
   private readonly gauges = new Map<string, Gauge.Internal<'method'>>();
   private cached = 0;
 
-  constructor(registry: Registry, prefix: string, buckets: number[]) {
+  constructor(
+    registry: Registry,
+    prefix: string,
+    buckets: number[],
+    private readonly analytics: Analytics | undefined,
+  ) {
     checkRegistry(registry, prefix);
     this.registry = registry;
     this.requests = counter(registry, prefix + SERIES.requests.name, SERIES.requests.help, HTTP_LABELS);
@@ -162,11 +221,12 @@ class HttpSeries {
     child.inc();
   }
 
-  finished(method: string, route: string, status: number, seconds: number): void {
+  finished(method: string, route: string, status: number, seconds: number, end: number): void {
     (this.gauges.get(method) ?? this.inProgress.labels(method)).dec();
     const children = this.children(method, route, status);
     children.requests.inc();
     children.duration.observe(seconds);
+    if (children.endpoint !== undefined) this.analytics?.record(children.endpoint, status, seconds, end);
   }
 
   private children(method: string, route: string, status: number): Children {
@@ -175,7 +235,11 @@ class HttpSeries {
     let children = byStatus?.get(status);
     if (children !== undefined) return children;
     const code = String(status);
-    children = { requests: this.requests.labels(method, route, code), duration: this.duration.labels(method, route, code) };
+    children = {
+      requests: this.requests.labels(method, route, code),
+      duration: this.duration.labels(method, route, code),
+      endpoint: this.analytics?.endpoint(method, route),
+    };
     if (this.cached >= MAX_CACHED_CHILDREN) return children;
     if (byMethod === undefined) this.byRoute.set(route, (byMethod = new Map()));
     if (byStatus === undefined) byMethod.set(method, (byStatus = new Map()));
@@ -229,6 +293,15 @@ function scrape(registry: Registry, req: Request, res: Response, next: NextFunct
     // A collect() callback of some gauge failed: the error envelope, not an unhandled rejection.
     next,
   );
+}
+
+function sendReport(report: AnalyticsReport, req: Request, res: Response): void {
+  const body = JSON.stringify(report);
+  res.statusCode = 200;
+  res.setHeader('Content-Type', 'application/json; charset=utf-8');
+  res.setHeader('Cache-Control', 'no-store');
+  res.setHeader('Content-Length', Buffer.byteLength(body));
+  res.end(req.method === 'HEAD' ? undefined : body);
 }
 
 /** Whether `url` (req.url, relative to the mount point) names `path`, with or without a trailing slash or query. */

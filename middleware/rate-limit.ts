@@ -43,7 +43,7 @@ export interface RateLimitOptions {
   cost?: number | ((req: Request) => number);
   /** Paths not limited (exact, after the mount path), or `(req) => boolean`, or false. Defaults to ['/health', '/health/ready']. */
   skip?: string[] | ((req: Request) => boolean) | false;
-  /** Key namespace of this limiter; limiters with the same prefix share counts. Defaults to 'stack' in createStack, else an id from the algorithm, limit, window and creation order. */
+  /** Key namespace of this limiter; limiters with the same prefix share counts (on memory, the first one's maxKeys and now apply). Defaults to 'stack' in createStack, else an id from the algorithm, limit, window and creation order. */
   prefix?: string;
   /** Which headers: 'legacy' (X-RateLimit-*), 'ietf' (RateLimit-Policy, RateLimit), 'both', or false. Defaults to 'both'. */
   headers?: 'legacy' | 'ietf' | 'both' | boolean;
@@ -142,8 +142,11 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
 
   function respond(req: Request, res: Response, next: NextFunction, state: LimiterState, tier: CompiledTier, d: RateLimitDecision, local: boolean): void {
     const h = local ? tier.fallbackHeaders : tier.headers;
-    if (legacy) setLegacyHeaders(res, h, d, now());
-    if (ietf) setIetfHeaders(res, h, d);
+    // A slow store can answer after the response began (a timeout answered it): no headers then.
+    if (!res.headersSent) {
+      if (legacy) setLegacyHeaders(res, h, d, now());
+      if (ietf) setIetfHeaders(res, h, d);
+    }
     if (d.outcome === 0) return next();
     // Before routing (the stack's limiter) no route is known yet: routeTemplate says '#unmatched'.
     state.rejections.inc({ key_type: key.type(req), route: routeTemplate(req) });
@@ -173,7 +176,10 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
       state.failed(err);
       return degrade(req, res, next, state, tier, id, cost);
     }
-    if (!isPromise(pending)) return respond(req, res, next, state, tier, pending, false);
+    if (!isPromise(pending)) {
+      state.answered();
+      return respond(req, res, next, state, tier, pending, false);
+    }
     pending.then(
       (d) => {
         state.answered();

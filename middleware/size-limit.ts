@@ -54,7 +54,7 @@ export function sizeLimit(options: SizeLimitOptions = {}): RequestHandler {
 }
 
 /**
- * The stack's sizeLimit. The tier is only known after `auth`, which runs after bodyParser, so the
+ * @internal The stack's sizeLimit (createStack builds it; use {@link sizeLimit} yourself). The tier is only known after `auth`, which runs after bodyParser, so the
  * early check allows the largest of `max` and every tier, and a second check placed right after
  * `auth` (see `extra`) holds each request to its own tier's limit. Bodies the stack's bodyParser
  * reads (per `bodyParserConfig`, the stack's `bodyParser` value) are final here; any other body
@@ -72,7 +72,7 @@ export function stackSizeLimit(options: SizeLimitOptions, bodyParserConfig: unkn
   return handler;
 }
 
-/** The largest body a sizeLimit config lets in before the tier is known (bodyParser's limit in a stack). */
+/** @internal The largest body a sizeLimit config lets in before the tier is known (bodyParser's limit in a stack). */
 export function sizeLimitCeiling(options: SizeLimitOptions | undefined): number {
   return parseOptions(options ?? {}).ceiling;
 }
@@ -288,7 +288,8 @@ class BodyGuard {
     const err = new PayloadTooLargeError(`The request body is larger than the limit of ${this.limit} bytes.`, { limit: this.limit, received: size });
     onFinished(res, () => this.afterResponse());
     if (next !== undefined) next(err);
-    else answerEarly(req, res, err, 'ERR_SIZE_LIMIT_LATE_WRITE', runtimeOf(req));
+    // Already answered (by the handler, or a timeout): only the rest of the body is refused.
+    else if (!res.writableEnded) answerEarly(req, res, err, 'ERR_SIZE_LIMIT_LATE_WRITE', runtimeOf(req));
   }
 
   private afterResponse(): void {

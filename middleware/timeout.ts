@@ -104,6 +104,9 @@ export function timeout(options: TimeoutOptions = {}): RequestHandler {
 
 function onTimeout(state: TimeoutState): void {
   state.timer = undefined;
+  // The handler already called res.end() and the response is still flushing to a slow client:
+  // it answered in time, and cutting it now would lose a complete response.
+  if (state.res.writableEnded) return;
   state.fired = true;
   const err = new GatewayTimeoutError(`The request did not complete within ${state.ms} ms.`, { timeout_ms: state.ms });
   // Answer before aborting: an abort listener that writes its own response must find it already

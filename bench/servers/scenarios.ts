@@ -70,6 +70,25 @@ export const SCENARIOS: Record<string, Scenario> = {
     },
   },
 
+  'cache-hit': {
+    description: 'bare Express + cache({ ttl: 60 }) on the route alone: every request after the first is a memory cache hit',
+    setup(app, { perimeter }) {
+      app.use('/games', perimeter.cache({ ttl: 60 }));
+    },
+  },
+
+  'stack-cache-hit': {
+    description: "createStack() defaults (as 'stack') + cache({ ttl: 60 }) on the route: every request after the first is a cache hit",
+    setup(app, { perimeter, hasMiddleware }) {
+      const config: Perimeter.StackConfig = { logger: { level: 'info', stream: nullStream() } };
+      if (hasMiddleware('rateLimit')) config.rateLimit = { limit: UNREACHABLE_LIMIT, window: '1m' };
+      const stack = perimeter.createStack(config);
+      app.use(stack);
+      app.use('/games', perimeter.cache({ ttl: 60 }));
+      return { after: stack.errorHandler, close: () => stack.close() };
+    },
+  },
+
   'hand-assembled': {
     description: 'uuid id + express-winston + express-prom-bundle + helmet + express-rate-limit + json/urlencoded + hpp',
     requires: ['express-winston', 'express-prom-bundle', 'helmet', 'express-rate-limit', 'hpp', 'winston'],

@@ -97,9 +97,12 @@ export function linkRecords<R extends object>(records: readonly R[], head: Chain
   const linked: Array<R & ChainFields> = new Array(records.length);
   let { hash, seq } = head;
   for (let i = 0; i < records.length; i++) {
-    const { seq: _s, prev_hash: _p, hash: _h, ...base } = records[i] as R & ChainFields;
-    const record = { ...base, seq: ++seq, prev_hash: hash } as Record<string, unknown>;
-    hash = recordHash(record, record.prev_hash as string);
+    const source = records[i] as Record<string, unknown>;
+    const record: Record<string, unknown> = {};
+    for (const key of Object.keys(source)) if (key !== 'seq' && key !== 'prev_hash' && key !== 'hash') record[key] = source[key];
+    record.seq = ++seq;
+    record.prev_hash = hash;
+    hash = recordHash(record, hash);
     record.hash = hash;
     linked[i] = record as R & ChainFields;
   }

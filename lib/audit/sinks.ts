@@ -296,8 +296,11 @@ function headOf(line: string): ChainHead | undefined {
   }
 }
 
-// Beyond this many compare-and-set losses in a row the batch waits for the queue's backoff.
-const MAX_SWAPS = 50;
+// Compare-and-set losses (each means another writer made progress) before the batch waits for
+// the queue's backoff instead; far more than a fair turn ever needs.
+const MAX_ATTEMPTS = 1000;
+// A writer that lost this many times in a row claims the turn.
+const CLAIM_AFTER = 2;
 
 /** XADD through the audit stream store; with a chain, linked to the head kept in Redis so every instance extends one chain. */
 class RedisStreamSink implements AuditSink {
@@ -314,9 +317,11 @@ class RedisStreamSink implements AuditSink {
     }
     // Optimistic: the head this instance last wrote; a loss says what the head really is.
     let head = this.head ?? { hash: genesis, seq: 0 };
-    for (let attempt = 0; attempt < MAX_SWAPS; attempt++) {
+    let losses = 0;
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const linked = linkRecords(records, head);
-      const result = await this.store.append(linked.records.map(entryOf), batchId, { expected: head.hash, genesis, next: linked.head }, writeTimeout);
+      const swap = { expected: head.hash, genesis, next: linked.head, claimTurn: losses >= CLAIM_AFTER };
+      const result = await this.store.append(linked.records.map(entryOf), batchId, swap, writeTimeout);
       if (result.status === 'ok') {
         this.head = linked.head;
         return;
@@ -326,9 +331,15 @@ class RedisStreamSink implements AuditSink {
         return;
       }
       head = result.head;
+      if (result.status === 'conflict') {
+        losses++;
+      } else {
+        // Another instance holds the turn for a moment.
+        await new Promise((done) => setTimeout(done, 2 + Math.random() * 8).unref());
+      }
     }
     this.head = undefined;
-    throw new Error(`the chain head of ${this.store.key} moved ${MAX_SWAPS} times in a row while appending`);
+    throw new Error(`the chain head of ${this.store.key} moved ${MAX_ATTEMPTS} times in a row while appending`);
   }
 }
 

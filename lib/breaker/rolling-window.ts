@@ -12,11 +12,15 @@ export interface BreakerStats {
   rejects: number;
 }
 
-/** Index of each count in a bucket. */
+/** Count of calls attempted (an index into a bucket, for {@link RollingWindow.record}). */
 export const FIRES = 0;
+/** Count of calls that succeeded. */
 export const SUCCESSES = 1;
+/** Count of calls that failed, timeouts included. */
 export const FAILURES = 2;
+/** Count of calls that timed out. */
 export const TIMEOUTS = 3;
+/** Count of calls refused by an open circuit. */
 export const REJECTS = 4;
 const KINDS = 5;
 

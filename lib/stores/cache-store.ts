@@ -148,7 +148,7 @@ class MemoryCacheStore implements CacheStore {
   private readonly index = new Map<string, Set<string>>();
   private readonly locks = new Map<string, number>();
   // name → generation of its last invalidation; bounded, since only fills in flight ever read it.
-  private readonly invalidated = new LRUCache<string, number>({ max: 100_000 });
+  private readonly invalidated = new LRUCache<string, number>({ max: 10_000 });
   private readonly maxBytes: number;
   private generation = 0;
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import Redis, { Cluster } from 'ioredis';
 import { ConfigError } from '../errors';
 import type { Logger } from '../logger';
@@ -22,7 +23,66 @@ export class StoreTimeoutError extends Error {
   }
 }
 
-type ScriptFn = (...args: Array<string | number>) => Promise<unknown>;
+interface PendingCall {
+  deadline: number;
+  timeoutMs: number;
+  done: boolean;
+  reject: (err: Error) => void;
+}
+
+/**
+ * Command deadlines with one timer per connection instead of one per call: calls are kept in
+ * FIFO queues per timeout length (so each queue is ordered by deadline) and a sweep rejects the
+ * overdue ones. A deadline fires up to a quarter of its length late (at most 25 ms).
+ */
+class Deadlines {
+  private readonly queues = new Map<number, { items: PendingCall[]; head: number }>();
+  private timer?: NodeJS.Timeout;
+  private tick = 25;
+  private count = 0;
+
+  constructor(private readonly expire: (call: PendingCall) => void) {}
+
+  track(call: PendingCall): void {
+    let queue = this.queues.get(call.timeoutMs);
+    if (queue === undefined) {
+      queue = { items: [], head: 0 };
+      this.queues.set(call.timeoutMs, queue);
+      this.tick = Math.max(1, Math.min(this.tick, Math.floor(call.timeoutMs / 4)));
+    }
+    queue.items.push(call);
+    this.count++;
+    if (this.timer === undefined) {
+      this.timer = setInterval(() => this.sweep(), this.tick);
+      this.timer.unref();
+    }
+  }
+
+  private sweep(): void {
+    const now = performance.now();
+    for (const queue of this.queues.values()) {
+      const { items } = queue;
+      while (queue.head < items.length) {
+        const call = items[queue.head];
+        if (!call.done && call.deadline > now) break;
+        queue.head++;
+        this.count--;
+        if (!call.done) {
+          call.done = true;
+          this.expire(call);
+        }
+      }
+      if (queue.head > 1024 && queue.head * 2 > items.length) {
+        items.splice(0, queue.head);
+        queue.head = 0;
+      }
+    }
+    if (this.count === 0 && this.timer !== undefined) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+    }
+  }
+}
 
 /**
  * One Redis client shared by a stack's stores: key naming with `{hash tags}`, scripts through
@@ -37,7 +97,11 @@ export class RedisConnection {
   private readonly logger: Logger;
   private subscriberClient?: Redis | Cluster;
   private healthy = true;
-  private scriptCount = 0;
+  private readonly deadlines = new Deadlines((call) => {
+    const err = new StoreTimeoutError(call.timeoutMs);
+    this.markDown(err);
+    call.reject(err);
+  });
 
   constructor(option: RedisOption, options: RedisConnectionOptions) {
     this.logger = options.logger;
@@ -65,36 +129,49 @@ export class RedisConnection {
     return `${this.prefix}${namespace}:{${id}}${suffix === undefined ? '' : `:${suffix}`}`;
   }
 
-  /** Registers a Lua script once; the returned function runs it (keys first, then args) with the timeout. */
+  /**
+   * Registers a Lua script once; the returned function runs it (keys first, then args) with the
+   * timeout: EVALSHA, and EVAL when the server answers NOSCRIPT (after a restart or SCRIPT FLUSH).
+   */
   script(lua: string, numberOfKeys: number): (keys: string[], args: Array<string | number>, timeoutMs?: number) => Promise<unknown> {
-    const name = `perimeterScript${++this.scriptCount}_${hash(lua)}`;
-    const client = this.client as unknown as Record<string, ScriptFn | undefined> & Redis;
-    if (typeof client[name] !== 'function') client.defineCommand(name, { numberOfKeys, lua });
-    return (keys, args, timeoutMs) => this.run(() => (client[name] as ScriptFn)(...keys, ...args), timeoutMs);
+    const sha = createHash('sha1').update(lua).digest('hex');
+    const client = this.client as Redis;
+    // Calling evalsha directly skips ioredis's custom-command wrapper, measurable at rate-limit rates.
+    const call = (keys: string[], args: Array<string | number>): Promise<unknown> =>
+      client.evalsha(sha, numberOfKeys, ...keys, ...args).catch((err: Error) => {
+        if (typeof err?.message === 'string' && err.message.startsWith('NOSCRIPT')) return client.eval(lua, numberOfKeys, ...keys, ...args);
+        throw err;
+      });
+    return (keys, args, timeoutMs) => this.run(() => call(keys, args), timeoutMs);
   }
 
   /** Runs one command with the timeout, tracking outages and recoveries for the log. */
   run<T>(command: () => Promise<T>, timeoutMs = this.commandTimeout): Promise<T> {
-    let timer: NodeJS.Timeout | undefined;
-    const pending = command();
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new StoreTimeoutError(timeoutMs)), timeoutMs);
-      timer.unref();
+    return new Promise<T>((resolve, reject) => {
+      const pending: PendingCall = { deadline: performance.now() + timeoutMs, timeoutMs, done: false, reject };
+      this.deadlines.track(pending);
+      let started: Promise<T>;
+      try {
+        started = command();
+      } catch (err) {
+        started = Promise.reject(err);
+      }
+      started.then(
+        (value) => {
+          if (pending.done) return;
+          pending.done = true;
+          if (!this.healthy) this.markUp();
+          resolve(value);
+        },
+        (err: Error) => {
+          // A command that fails after its timeout was already reported; nobody waits for it.
+          if (pending.done) return;
+          pending.done = true;
+          this.markDown(err);
+          reject(err);
+        },
+      );
     });
-    return Promise.race([pending, timeout]).then(
-      (value) => {
-        clearTimeout(timer);
-        if (!this.healthy) this.markUp();
-        return value;
-      },
-      (err: Error) => {
-        clearTimeout(timer);
-        // The command may still settle after the timeout; nobody waits for it any more.
-        pending.catch(() => undefined);
-        this.markDown(err);
-        throw err;
-      },
-    );
   }
 
   /** A second connection for SUBSCRIBE (a subscribed connection can run nothing else), made on first use. */
@@ -148,8 +225,3 @@ function isRedisLike(value: unknown): value is Redis {
   return typeof value === 'object' && value !== null && typeof (value as Redis).defineCommand === 'function' && typeof (value as Redis).duplicate === 'function';
 }
 
-function hash(text: string): string {
-  let h = 0;
-  for (let i = 0; i < text.length; i++) h = (Math.imul(31, h) + text.charCodeAt(i)) | 0;
-  return (h >>> 0).toString(36);
-}

@@ -1,0 +1,392 @@
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import { LRUCache } from 'lru-cache';
+import type { Counter } from 'prom-client';
+import { ConfigError, ForbiddenError, NotFoundError } from '../lib/errors';
+import { counter } from '../lib/metrics-registry';
+import { checkOptions, oneOf } from '../lib/options';
+import { perRuntime } from '../lib/runtime';
+import { describe, parseDuration } from '../lib/units';
+import type { TenantInfo } from '../types/express-augment';
+
+/** Where a tenant id can come from. */
+export type TenantSource = 'subdomain' | 'header' | 'jwt' | 'path';
+
+/** What is known about one tenant: free-form, with a few keys the other middleware read. */
+export interface TenantConfig {
+  /** The tenant's plan, for your handlers (flags match `plans` against the user's plan, not this). */
+  plan?: string;
+  /** Per-flag overrides for the tenant's requests: `{ 'new-ui': true }` turns the flag on for them, false off (`enabled: false` still wins). */
+  flags?: Record<string, boolean>;
+  [key: string]: unknown;
+}
+
+/** Looks a tenant up by id: its config, `true` when it exists without one, or null/undefined when there is no such tenant. */
+export type TenantResolver = (id: string) => TenantConfig | boolean | null | undefined | Promise<TenantConfig | boolean | null | undefined>;
+
+/** Options of {@link tenant}. */
+export interface TenantOptions {
+  /** Sources tried in order, first found wins. Defaults to ['subdomain', 'header', 'jwt', 'path'], leaving out 'subdomain' without `baseDomain` and 'path' without `pathPrefix`. */
+  from?: TenantSource[];
+  /** The domain tenants are subdomains of: 'api.example.com' makes acme.api.example.com the tenant acme (from `req.hostname`, so `trust proxy` applies). Defaults to none. */
+  baseDomain?: string | string[];
+  /** Header holding the tenant id. Defaults to 'X-Tenant-ID'. */
+  header?: string;
+  /** Claim of the authenticated user (`req.user`, `req.auth.claims`, then `req.apiKey`) holding the tenant id; also what a mismatch is checked against. Defaults to 'tenant'. */
+  claim?: string;
+  /** Path prefix before the tenant segment: '/t' reads /t/acme/games, '/' reads /acme/games. Defaults to none ('/t' when 'path' is listed in `from`). */
+  pathPrefix?: string;
+  /** Removes the prefix and tenant segment from `req.url` when the tenant came from the path, so routes are written without it (`req.originalUrl` keeps it). Defaults to false. */
+  stripPath?: boolean;
+  /** The known tenants and their config; any other id is 404 TENANT_NOT_FOUND (unless `resolve` knows it). Defaults to none. */
+  tenants?: Record<string, TenantConfig | true>;
+  /** Looks up tenants not in `tenants` (a database, an API); answers are cached for `cacheTtl`, unknown ones too. Defaults to none: with neither `tenants` nor `resolve` every well-formed id is accepted. */
+  resolve?: TenantResolver;
+  /** How long an answer of `resolve` is reused. Defaults to '1m'. */
+  cacheTtl?: number | string;
+  /** Most answers of `resolve` kept (least recently used go first). Defaults to 1000. */
+  cacheSize?: number;
+  /** Refuse requests that name no tenant with 404 TENANT_NOT_FOUND; false lets them through without `req.tenant`. Defaults to true. */
+  required?: boolean;
+  /** Treat 'Acme' and 'acme' as different tenants; otherwise ids are lower-cased. Defaults to false. */
+  caseSensitive?: boolean;
+  /** Subdomains that name no tenant (acme.api.example.com is a tenant, www.api.example.com is not). Defaults to ['www']. */
+  ignoreSubdomains?: string[];
+  /** Most tenants outside `tenants` given their own `tenant` label on `tenant_requests_total`; later ones count as '#other'. Defaults to 100. */
+  metricsLabels?: number;
+  /** Clock of the resolve cache, in epoch ms (tests). Defaults to Date.now. */
+  now?: () => number;
+}
+
+/** The `tenant` middleware, with its run-time method. */
+export interface TenantHandler extends RequestHandler {
+  /** Forgets the cached answer of `resolve` for `id`, or every answer without one (after a tenant is created, changed or removed). */
+  invalidate(id?: string): void;
+}
+
+declare module '../lib/create-stack' {
+  interface StackMiddleware {
+    /** The stack's tenant resolver, with `invalidate` (present when `tenant` is configured). */
+    tenant: TenantHandler;
+  }
+}
+
+const KNOWN = [
+  'from', 'baseDomain', 'header', 'claim', 'pathPrefix', 'stripPath', 'tenants', 'resolve', 'cacheTtl', 'cacheSize',
+  'required', 'caseSensitive', 'ignoreSubdomains', 'metricsLabels', 'now',
+] as const;
+const SOURCES = ['subdomain', 'header', 'jwt', 'path'] as const;
+// Checked before any lookup, so no junk reaches a database, a cache key or a metric label.
+const TENANT_ID = /^[a-z0-9][a-z0-9-_]{0,62}$/i;
+const OTHER = '#other';
+
+type Reader = (req: Request) => string | undefined;
+
+interface CacheEntry {
+  info: TenantInfo | null;
+  expiresAt: number;
+}
+
+/**
+ * Resolves the tenant of each request from the subdomain, a header, the token's claim or a path
+ * prefix (first found, in `from` order), checks it against `tenants` or `resolve`, and sets
+ * `req.tenant = { id, config }` and the context's tenant (so log lines carry tenant_id).
+ * Unknown → 404 TENANT_NOT_FOUND; a token naming another tenant → 403 TENANT_MISMATCH.
+ */
+export function tenant(options: TenantOptions = {}): TenantHandler {
+  checkOptions('tenant', options, KNOWN);
+  const caseSensitive = flag(options.caseSensitive ?? false, 'tenant.caseSensitive');
+  const required = flag(options.required ?? true, 'tenant.required');
+  const stripPath = flag(options.stripPath ?? false, 'tenant.stripPath');
+  const normalize = (id: string): string => (caseSensitive ? id : id.toLowerCase());
+
+  const bases = domains(options.baseDomain);
+  const header = options.header ?? 'X-Tenant-ID';
+  if (typeof header !== 'string' || !/^[A-Za-z0-9-]+$/.test(header)) {
+    throw new ConfigError('tenant.header', `expected a header name like 'X-Tenant-ID', got ${describe(header)}`);
+  }
+  const claim = options.claim ?? 'tenant';
+  if (typeof claim !== 'string' || claim === '') throw new ConfigError('tenant.claim', `expected a claim name like 'tenant', got ${describe(claim)}`);
+  if (options.pathPrefix !== undefined && (typeof options.pathPrefix !== 'string' || options.pathPrefix[0] !== '/')) {
+    throw new ConfigError('tenant.pathPrefix', `expected a path like '/t' (for /t/acme/…) or '/' (for /acme/…), got ${describe(options.pathPrefix)}`);
+  }
+
+  let from: TenantSource[];
+  if (options.from === undefined) {
+    from = SOURCES.filter((s) => (s !== 'subdomain' || bases.length > 0) && (s !== 'path' || options.pathPrefix !== undefined));
+  } else {
+    if (!Array.isArray(options.from) || options.from.length === 0) {
+      throw new ConfigError('tenant.from', `expected a non-empty array of 'subdomain', 'header', 'jwt', 'path', got ${describe(options.from)}`);
+    }
+    from = options.from.map((s, i) => oneOf(`tenant.from[${i}]`, s, SOURCES));
+    if (new Set(from).size !== from.length) throw new ConfigError('tenant.from', `lists a source twice: ${from.join(', ')}`);
+    if (from.includes('subdomain') && bases.length === 0) {
+      throw new ConfigError('tenant.baseDomain', "is needed to read the tenant from the subdomain: set baseDomain: 'api.example.com' so acme.api.example.com means acme");
+    }
+  }
+  const prefix = pathPrefixOf(options.pathPrefix ?? '/t');
+  const ignored = new Set((options.ignoreSubdomains ?? ['www']).map((s) => (typeof s === 'string' ? s.toLowerCase() : s)));
+  const claimOf = claimReader(claim);
+  const readers: Reader[] = from.map((s) =>
+    s === 'subdomain' ? subdomainReader(bases, ignored) : s === 'header' ? headerReader(header.toLowerCase()) : s === 'jwt' ? claimOf : pathReader(prefix),
+  );
+  const fromPath = from.indexOf('path');
+  const fromJwt = from.indexOf('jwt');
+
+  const listed = parseTenants(options.tenants, normalize);
+  const resolver = options.resolve;
+  if (resolver !== undefined && typeof resolver !== 'function') {
+    throw new ConfigError('tenant.resolve', `expected an async function (id) => config | null, got ${describe(resolver)}`);
+  }
+  const ttlMs = parseDuration(options.cacheTtl ?? '1m', 'tenant.cacheTtl');
+  const cacheSize = positive(options.cacheSize ?? 1000, 'tenant.cacheSize');
+  const labelCap = whole(options.metricsLabels ?? 100, 'tenant.metricsLabels');
+  if (options.now !== undefined && typeof options.now !== 'function') {
+    throw new ConfigError('tenant.now', `expected a function returning epoch milliseconds, got ${describe(options.now)}`);
+  }
+  const now = options.now ?? Date.now;
+  const cache = new LRUCache<string, CacheEntry>({ max: cacheSize });
+  // Concurrent first requests for one tenant share one lookup.
+  const inflight = new Map<string, Promise<TenantInfo | null>>();
+  const acceptsAny = listed === undefined && resolver === undefined;
+
+  const metricsOf = perRuntime((rt) => new TenantMetrics(counter(rt.registry, 'tenant_requests_total', 'Requests per tenant (tenants beyond the label cap count as #other)', ['tenant']), labelCap));
+
+  const where = from.map((s) =>
+    s === 'subdomain' ? `the subdomain of ${bases.join(' or ')}` : s === 'header' ? `the ${header} header` : s === 'jwt' ? `the token's '${claim}' claim` : `the path (${prefix}<tenant>/…)`,
+  );
+  const missingMessage = `This request names no tenant; send it in ${where.join(' or ')}.`;
+
+  function accept(req: Request, next: NextFunction, info: TenantInfo, source: number, raw: string, isListed: boolean): void {
+    req.tenant = info;
+    const ctx = req.context;
+    // Setting the context's tenant makes ctx.log (and the request log line) carry tenant_id.
+    if (ctx !== undefined) ctx.tenant = info;
+    metricsOf(req).inc(info.id, isListed);
+    if (stripPath && source === fromPath) strip(req, prefix, raw);
+    next();
+  }
+
+  function lookup(id: string): Promise<TenantInfo | null> {
+    let pending = inflight.get(id);
+    if (pending === undefined) {
+      pending = (async () => {
+        const answer = await (resolver as TenantResolver)(id);
+        const info = answerToInfo(id, answer);
+        cache.set(id, { info, expiresAt: now() + ttlMs });
+        return info;
+      })().finally(() => inflight.delete(id));
+      inflight.set(id, pending);
+    }
+    return pending;
+  }
+
+  const handler = function tenantMiddleware(req: Request, _res: Response, next: NextFunction): void {
+    let raw: string | undefined;
+    let source = -1;
+    for (let i = 0; i < readers.length; i++) {
+      raw = readers[i](req);
+      if (raw !== undefined) {
+        source = i;
+        break;
+      }
+    }
+    if (raw === undefined) return required ? next(new NotFoundError(missingMessage, undefined, 'TENANT_NOT_FOUND')) : next();
+    if (!TENANT_ID.test(raw)) return next(new NotFoundError('The tenant was not found.', undefined, 'TENANT_NOT_FOUND'));
+    const id = normalize(raw);
+    // Before the lookup, so a user probing other tenants learns nothing of which ones exist.
+    if (source !== fromJwt) {
+      const claimed = claimOf(req);
+      if (claimed !== undefined && normalize(claimed) !== id) {
+        return next(new ForbiddenError('Your credentials belong to another tenant.', undefined, 'TENANT_MISMATCH'));
+      }
+    }
+    const known = listed?.get(id);
+    if (known !== undefined) return accept(req, next, known, source, raw, true);
+    if (resolver === undefined) {
+      if (!acceptsAny) return next(notFound(id));
+      return accept(req, next, { id }, source, raw, false);
+    }
+    const cached = cache.get(id);
+    if (cached !== undefined && cached.expiresAt > now()) {
+      return cached.info === null ? next(notFound(id)) : accept(req, next, cached.info, source, raw, false);
+    }
+    let pending: Promise<TenantInfo | null>;
+    try {
+      pending = lookup(id);
+    } catch (err) {
+      return next(err);
+    }
+    pending.then(
+      (info) => {
+        try {
+          if (info === null) next(notFound(id));
+          else accept(req, next, info, source, raw, false);
+        } catch (err) {
+          next(err);
+        }
+      },
+      (err: unknown) => next(err),
+    );
+  } as TenantHandler;
+
+  handler.invalidate = (id?: string): void => {
+    if (id === undefined) cache.clear();
+    else cache.delete(normalize(String(id)));
+  };
+  return handler;
+}
+
+/** `tenant_requests_total` children, one per tenant up to the cap, so a request increments without building a label object. */
+class TenantMetrics {
+  private readonly children = new Map<string, { inc(): void }>();
+  private unlisted = 0;
+  private other?: { inc(): void };
+  constructor(
+    private readonly counter: Counter<'tenant'>,
+    private readonly cap: number,
+  ) {}
+  inc(id: string, listed: boolean): void {
+    let child = this.children.get(id);
+    if (child === undefined) {
+      // Tenants from config are bounded by the config; the others (resolved, or any id) by the cap.
+      if (listed || this.unlisted < this.cap) {
+        child = this.counter.labels(id);
+        this.children.set(id, child);
+        if (!listed) this.unlisted++;
+      } else child = this.other ??= this.counter.labels(OTHER);
+    }
+    child.inc();
+  }
+}
+
+function notFound(id: string): NotFoundError {
+  return new NotFoundError('The tenant was not found.', { tenant: id }, 'TENANT_NOT_FOUND');
+}
+
+function answerToInfo(id: string, answer: unknown): TenantInfo | null {
+  if (answer === null || answer === undefined || answer === false) return null;
+  if (answer === true) return Object.freeze({ id });
+  if (typeof answer === 'object' && !Array.isArray(answer)) return Object.freeze({ id, config: answer });
+  throw new TypeError(`tenant.resolve must resolve to a config object, true, or null for an unknown tenant; got ${describe(answer)}`);
+}
+
+function parseTenants(tenants: TenantOptions['tenants'], normalize: (id: string) => string): Map<string, TenantInfo> | undefined {
+  if (tenants === undefined) return undefined;
+  if (tenants === null || typeof tenants !== 'object' || Array.isArray(tenants)) {
+    throw new ConfigError('tenant.tenants', `expected an object like { acme: { plan: 'pro' } }, got ${describe(tenants)}`);
+  }
+  const out = new Map<string, TenantInfo>();
+  for (const [key, config] of Object.entries(tenants)) {
+    const option = `tenant.tenants.${key}`;
+    if (!TENANT_ID.test(key)) {
+      throw new ConfigError(option, 'tenant ids are 1–63 letters, digits, - and _, starting with a letter or digit');
+    }
+    const id = normalize(key);
+    if (out.has(id)) throw new ConfigError(option, `is the same tenant as another key once lower-cased ('${id}'); remove one, or set caseSensitive: true`);
+    if (config === true) {
+      out.set(id, Object.freeze({ id }));
+      continue;
+    }
+    if (config === null || typeof config !== 'object' || Array.isArray(config)) {
+      throw new ConfigError(option, `expected the tenant's config object (or true), got ${describe(config)}`);
+    }
+    const flags = (config as TenantConfig).flags;
+    if (flags !== undefined) {
+      if (flags === null || typeof flags !== 'object' || Array.isArray(flags)) {
+        throw new ConfigError(`${option}.flags`, `expected flag overrides like { 'new-ui': true }, got ${describe(flags)}`);
+      }
+      for (const [name, value] of Object.entries(flags)) {
+        if (typeof value !== 'boolean') throw new ConfigError(`${option}.flags.${name}`, `expected true or false, got ${describe(value)}`);
+      }
+    }
+    // One frozen object per tenant, shared by its requests: nothing allocated per request.
+    out.set(id, Object.freeze({ id, config }));
+  }
+  return out;
+}
+
+function domains(value: unknown): string[] {
+  if (value === undefined) return [];
+  const list = Array.isArray(value) ? value : [value];
+  return list
+    .map((d, i) => {
+      if (typeof d !== 'string' || !/^[A-Za-z0-9.-]+$/.test(d) || d.startsWith('.') || d.endsWith('.')) {
+        throw new ConfigError(Array.isArray(value) ? `tenant.baseDomain[${i}]` : 'tenant.baseDomain', `expected a domain like 'api.example.com', got ${describe(d)}`);
+      }
+      return d.toLowerCase();
+    })
+    .sort((a, b) => b.length - a.length);
+}
+
+function pathPrefixOf(prefix: string): string {
+  return prefix === '/' ? '/' : `${prefix.replace(/\/+$/, '')}/`;
+}
+
+function subdomainReader(bases: string[], ignored: Set<unknown>): Reader {
+  return function fromSubdomain(req) {
+    const hostname = req.hostname;
+    if (!hostname) return undefined;
+    const host = hostname.toLowerCase();
+    for (const base of bases) {
+      const cut = host.length - base.length - 1;
+      // Exactly one label in front of the base: a.b.api.example.com names no tenant.
+      if (cut > 0 && host.endsWith(base) && host.charCodeAt(cut) === 46) {
+        const label = host.slice(0, cut);
+        return label.includes('.') || ignored.has(label) ? undefined : label;
+      }
+    }
+    return undefined;
+  };
+}
+
+function headerReader(name: string): Reader {
+  return function fromHeader(req) {
+    const value = req.headers[name];
+    return typeof value === 'string' && value !== '' ? value : undefined;
+  };
+}
+
+function claimReader(claim: string): Reader {
+  return function fromClaim(req) {
+    let value = (req.user as Record<string, unknown> | undefined)?.[claim];
+    if (value === undefined || value === null) value = req.auth?.claims?.[claim];
+    if (value === undefined || value === null) value = req.apiKey?.[claim];
+    if (typeof value === 'number' && Number.isFinite(value)) return String(value);
+    return typeof value === 'string' && value !== '' ? value : undefined;
+  };
+}
+
+function pathReader(prefix: string): Reader {
+  return function fromPath(req) {
+    const path = req.path;
+    if (!path.startsWith(prefix)) return undefined;
+    const end = path.indexOf('/', prefix.length);
+    const segment = end === -1 ? path.slice(prefix.length) : path.slice(prefix.length, end);
+    return segment === '' ? undefined : segment;
+  };
+}
+
+// /t/acme/games?x=1 → /games?x=1, so the routes after the stack need not know the prefix.
+function strip(req: Request, prefix: string, segment: string): void {
+  const head = prefix + segment;
+  const url = req.url;
+  if (!url.startsWith(head)) return;
+  const rest = url.slice(head.length);
+  if (rest !== '' && rest[0] !== '/' && rest[0] !== '?') return;
+  req.url = rest[0] === '/' ? rest : `/${rest}`;
+}
+
+function flag(value: unknown, option: string): boolean {
+  if (typeof value !== 'boolean') throw new ConfigError(option, `expected true or false, got ${describe(value)}`);
+  return value;
+}
+
+function positive(value: unknown, option: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) throw new ConfigError(option, `expected a whole number ≥ 1, got ${describe(value)}`);
+  return value;
+}
+
+function whole(value: unknown, option: string): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) throw new ConfigError(option, `expected a whole number ≥ 0, got ${describe(value)}`);
+  return value;
+}
