@@ -90,7 +90,11 @@ describe('analytics: latency histogram', () => {
     samples.sort((x, y) => x - y);
     const [row] = a.report(10).slowest;
     expect(row.count).toBe(20_000);
-    for (const [field, q] of [['p50_ms', 0.5], ['p95_ms', 0.95], ['p99_ms', 0.99]] as const) {
+    for (const [field, q] of [
+      ['p50_ms', 0.5],
+      ['p95_ms', 0.95],
+      ['p99_ms', 0.99],
+    ] as const) {
       const exact = exactPercentile(samples, q);
       // The bound, plus the 1 µs of flooring to whole microseconds and the report's rounding to 1 µs.
       expect(Math.abs(row[field] - exact)).toBeLessThanOrEqual(exact * PERCENTILE_RELATIVE_ERROR + 0.0015);
@@ -177,7 +181,10 @@ describe('analytics: lists, window and cap', () => {
 
     // The 12:00 bucket is the oldest of the window until 12:15 starts.
     clock = NOON + 15 * MINUTE - 1;
-    expect(a.report(10).top.map((t) => [t.endpoint, t.count])).toEqual([['GET /old', 3], ['GET /newer', 2]]);
+    expect(a.report(10).top.map((t) => [t.endpoint, t.count])).toEqual([
+      ['GET /old', 3],
+      ['GET /newer', 2],
+    ]);
     clock = NOON + 15 * MINUTE;
     report = a.report(10);
     expect(report.top.map((t) => [t.endpoint, t.count])).toEqual([['GET /newer', 2]]);
@@ -205,7 +212,7 @@ describe('analytics: lists, window and cap', () => {
     });
   });
 
-  it("places a request by the performance.now() of its end on the wall clock when no clock is injected", () => {
+  it('places a request by the performance.now() of its end on the wall clock when no clock is injected', () => {
     const a = new Analytics({ windowMs: 15 * MINUTE, buckets: 15, maxEndpoints: 10, now: undefined });
     const e = a.endpoint('GET', '/a');
     a.record(e, 200, 0.01, performance.now());
@@ -260,7 +267,11 @@ describe('analytics: lists, window and cap', () => {
     expect(parseAnalyticsOptions({ serve: true })?.path).toBe('/metrics/analytics');
     expect(parseAnalyticsOptions({ path: '/ops/analytics/' })?.path).toBe('/ops/analytics');
     expect(parseAnalyticsOptions(false)).toBeUndefined();
-    expect(parseAnalyticsOptions({ window: '1h', buckets: 60 })?.settings).toMatchObject({ windowMs: 3_600_000, buckets: 60, maxEndpoints: 1000 });
+    expect(parseAnalyticsOptions({ window: '1h', buckets: 60 })?.settings).toMatchObject({
+      windowMs: 3_600_000,
+      buckets: 60,
+      maxEndpoints: 1000,
+    });
   });
 });
 
@@ -309,7 +320,10 @@ describe('analytics: through metrics()', () => {
   async function drive(app: ReturnType<typeof appWith>['app']) {
     for (let i = 0; i < 24; i++) await request(app).get(`/games/${i}?ms=2`).expect(200);
     for (let i = 0; i < 6; i++) await request(app).post(`/games?ms=20`).send({}).expect(201);
-    for (let i = 0; i < 19; i++) await request(app).get(`/reports/2024-01-0${i % 9}?ms=300`).expect(200);
+    for (let i = 0; i < 19; i++)
+      await request(app)
+        .get(`/reports/2024-01-0${i % 9}?ms=300`)
+        .expect(200);
     await request(app).get('/reports/slowest?ms=1500').expect(200);
     for (let i = 0; i < 3; i++) await request(app).get(`/payments/${i}?ms=50`).expect(502);
     await request(app).get('/nope').expect(404);
@@ -332,7 +346,13 @@ describe('analytics: through metrics()', () => {
     expect(Math.abs(reports.p50_ms - 300)).toBeLessThanOrEqual(300 * PERCENTILE_RELATIVE_ERROR);
     expect(Math.abs(reports.p95_ms - 300)).toBeLessThanOrEqual(300 * PERCENTILE_RELATIVE_ERROR);
     expect(Math.abs(reports.p99_ms - 1500)).toBeLessThanOrEqual(1500 * PERCENTILE_RELATIVE_ERROR);
-    expect(report.slowest.map((s) => s.endpoint)).toEqual(['GET /reports/:day', 'GET /payments/:id', 'POST /games', 'GET /games/:id', 'GET #unmatched']);
+    expect(report.slowest.map((s) => s.endpoint)).toEqual([
+      'GET /reports/:day',
+      'GET /payments/:id',
+      'POST /games',
+      'GET /games/:id',
+      'GET #unmatched',
+    ]);
     expect(report.error_rates).toEqual([
       { endpoint: 'GET /payments/:id', count: 3, errors_5xx: 3, errors_4xx: 0, error_rate: 1, client_error_rate: 0 },
       { endpoint: 'GET #unmatched', count: 1, errors_5xx: 0, errors_4xx: 1, error_rate: 0, client_error_rate: 1 },
@@ -391,7 +411,14 @@ describe('analytics: through metrics()', () => {
       expect(report.window).toEqual({ from: new Date(NOON).toISOString(), to: new Date(NOON).toISOString(), seconds: 0 });
       expect(Object.keys(report.totals)).toEqual(['requests', 'errors', 'errors_4xx', 'error_rate']);
       expect(Object.keys(report.slowest[0])).toEqual(['endpoint', 'p50_ms', 'p95_ms', 'p99_ms', 'count']);
-      expect(Object.keys(report.error_rates[0])).toEqual(['endpoint', 'count', 'errors_5xx', 'errors_4xx', 'error_rate', 'client_error_rate']);
+      expect(Object.keys(report.error_rates[0])).toEqual([
+        'endpoint',
+        'count',
+        'errors_5xx',
+        'errors_4xx',
+        'error_rate',
+        'client_error_rate',
+      ]);
       // 54 requests driven; the refused and served analytics requests are not among them.
       expect(report.totals.requests).toBe(54);
       expect(report.top.map((t) => t.route)).not.toContain('/metrics/analytics');
@@ -437,10 +464,13 @@ describe('analytics: through metrics()', () => {
     expect(handler.analytics().totals.requests).toBe(0);
   });
 
-  it('records nothing with analytics: false, and analytics() then says how to turn it on', async () => {
+  it('turns off with analytics: false, and analytics() then says how to turn it on', async () => {
     const stack = createStack({ logger: recordingLogger().logger, metrics: { defaultMetrics: false, analytics: false } });
     expect(() => stack.middleware.metrics.analytics()).toThrow(/metrics\.analytics: is false, so no analytics were recorded/);
-    expect(() => createStack({ logger: recordingLogger().logger, metrics: { analytics: { windw: '1m' } } })).toThrow(/did you mean 'window'/);
+    await stack.close();
+    expect(() => createStack({ logger: recordingLogger().logger, metrics: { analytics: { windw: '1m' } } })).toThrow(
+      /did you mean 'window'/,
+    );
   });
 
   it.each([[{ limit: 0 }], [{ limit: 'ten' }], [{ limt: 5 }]])('refuses analytics(%j)', (query) => {
@@ -474,7 +504,12 @@ describe('dashboards/express-perimeter.json', () => {
       return ' ';
     });
     rest = rest.replace(/\b(?:by|without|on|ignoring)\s*\(([^)]*)\)/g, (_m, inner: string) => {
-      labels.push(...inner.split(',').map((l) => l.trim()).filter(Boolean));
+      labels.push(
+        ...inner
+          .split(',')
+          .map((l) => l.trim())
+          .filter(Boolean),
+      );
       return ' ';
     });
     rest = rest.replace(/\[[^\]]*\]/g, ' ');
@@ -551,7 +586,14 @@ describe('dashboards/express-perimeter.json', () => {
     expect(all).toContain('sum by (method, route) (rate(http_requests_total');
     expect(all).toMatch(/histogram_quantile\(0\.95, sum by \(le, method, route\) \(rate\(http_request_duration_seconds_bucket/);
     expect(all).toContain('status_code=~"5.."');
-    for (const name of ['rate_limit_rejections_total', 'cache_hits_total', 'cache_misses_total', 'circuit_breaker_state', 'auth_failures_total', 'http_requests_in_progress']) {
+    for (const name of [
+      'rate_limit_rejections_total',
+      'cache_hits_total',
+      'cache_misses_total',
+      'circuit_breaker_state',
+      'auth_failures_total',
+      'http_requests_in_progress',
+    ]) {
       expect(all).toContain(name);
     }
   });
@@ -568,13 +610,16 @@ describe('dashboards/express-perimeter.json', () => {
         if (!names.has(name)) throw new Error(`${name} (in ${expr}) is not registered; registered: ${[...names.keys()].sort().join(', ')}`);
         for (const l of names.get(name) ?? []) known.add(l);
       }
-      for (const label of labels) if (!known.has(label)) throw new Error(`label ${label} (in ${expr}) is on none of ${metricNames.join(', ')}`);
+      for (const label of labels)
+        if (!known.has(label)) throw new Error(`label ${label} (in ${expr}) is on none of ${metricNames.join(', ')}`);
     }
     expect(used.size).toBeGreaterThanOrEqual(10);
   });
 
   it('catches a misspelt metric name (the check above is not vacuous)', async () => {
-    const names = await namesOf(createStack({ logger: recordingLogger().logger }).metricsRegistry);
+    const stack = createStack({ logger: recordingLogger().logger });
+    const names = await namesOf(stack.metricsRegistry);
+    await stack.close();
     const { metrics: used } = parse('sum(rate(rate_limit_rejected_total{job=~"$job"}[$__rate_interval]))');
     expect(used).toEqual(['rate_limit_rejected_total']);
     expect(names.has(used[0])).toBe(false);

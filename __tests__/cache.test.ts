@@ -427,6 +427,36 @@ describe('cache: server-side store (memory)', () => {
     await stack.close();
   });
 
+  it('keeps tenants apart even for the same user and URL', async () => {
+    const app = newApp();
+    app.use((req, _res, next) => {
+      req.user = { id: 'u1' };
+      req.tenant = { id: String(req.headers['x-tenant-id']) };
+      next();
+    });
+    let runs = 0;
+    app.use(cache(isolated({ ttl: 60 })));
+    app.get('/dashboard', (req, res) => void (runs++, res.send(`tenant ${req.tenant?.id}`)));
+    await request(app).get('/dashboard').set('X-Tenant-ID', 'acme').expect(200, 'tenant acme').expect('X-Cache', 'MISS');
+    await request(app).get('/dashboard').set('X-Tenant-ID', 'globex').expect(200, 'tenant globex').expect('X-Cache', 'MISS');
+    await request(app).get('/dashboard').set('X-Tenant-ID', 'acme').expect(200, 'tenant acme').expect('X-Cache', 'HIT');
+    expect(runs).toBe(2);
+  });
+
+  it('never shares a response of a user the cache cannot identify (req.user without id)', async () => {
+    const app = newApp();
+    app.use((req, _res, next) => {
+      req.user = { email: `${String(req.headers['x-who'])}@example.com` } as never;
+      next();
+    });
+    let runs = 0;
+    app.use(cache(isolated({ ttl: 60 })));
+    app.get('/me', (req, res) => void (runs++, res.send(String(req.user?.email))));
+    await request(app).get('/me').set('X-Who', 'a').expect(200, 'a@example.com');
+    await request(app).get('/me').set('X-Who', 'b').expect(200, 'b@example.com').expect('X-Cache', 'MISS');
+    expect(runs).toBe(2);
+  });
+
   it('never stores a request carrying credentials the cache cannot name (Authorization without auth)', async () => {
     const { app, calls } = appWith({ ttl: 60 });
     await request(app).get('/whoami').set('Authorization', 'Bearer a').expect(200, 'you are Bearer a');

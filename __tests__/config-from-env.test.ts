@@ -53,3 +53,33 @@ describe('configFromEnv', () => {
     expect(configFromEnv({ TRUST_PROXY: 'loopback' }).trustProxy).toBe('loopback');
   });
 });
+
+describe('units', () => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { parseBytes, parseDuration } = require('../lib/units') as typeof import('../lib/units');
+  it.each([
+    ['1mb', 1048576],
+    ['100kb', 102400],
+    ['2 MB', 2097152],
+    [512, 512],
+    ['512', 512],
+  ])('parses the size %p', (input, expected) => {
+    expect(parseBytes(input, 'x.max')).toBe(expected);
+  });
+  it.each(['1 megabyte', 'lots', '', -1, '1mbps'])('refuses the size %p naming the option', (input) => {
+    expect(() => parseBytes(input, 'sizeLimit.max')).toThrow(/sizeLimit.max: expected a size like '100kb' or '1mb'/);
+  });
+  it.each([
+    ['500ms', 500],
+    ['30s', 30000],
+    ['1m', 60000],
+    ['1h', 3600000],
+    ['1d', 86400000],
+    [250, 250],
+  ])('parses the duration %p', (input, expected) => {
+    expect(parseDuration(input, 'x.window')).toBe(expected);
+  });
+  it.each(['1 minute please', 'soon', -5, {}])('refuses the duration %p naming the option', (input) => {
+    expect(() => parseDuration(input, 'rateLimit.window')).toThrow(/rateLimit.window: expected a duration like '500ms', '30s' or '1m'/);
+  });
+});

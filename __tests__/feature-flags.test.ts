@@ -408,11 +408,16 @@ describe("featureFlags: source 'redis' in memory", () => {
 
 describeRedis("featureFlags: source 'redis'", () => {
   const stacks: Array<ReturnType<typeof createStack>> = [];
+  let redis: Redis;
+  beforeEach(() => {
+    redis = new Redis(redisUrl as string);
+  });
   afterEach(async () => {
     await Promise.all(stacks.splice(0).map((s) => s.close()));
+    await redis.quit();
   });
-  const instance = (keyPrefix: string, logger = recordingLogger().logger) => {
-    const stack = createStack({ redis: redisUrl, keyPrefix, logger, rateLimit: false, featureFlags: { source: 'redis', flags: { base: true } } });
+  const instance = (keyPrefix: string, logger = recordingLogger().logger, syncInterval: string | number = '30s') => {
+    const stack = createStack({ redis: redisUrl, keyPrefix, logger, rateLimit: false, featureFlags: { source: 'redis', flags: { base: true }, syncInterval } });
     stacks.push(stack);
     const app = newApp();
     app.use(stack);
@@ -425,7 +430,6 @@ describeRedis("featureFlags: source 'redis'", () => {
 
   it('loads the hash at start and shows set() on instance A on instance B within a second', async () => {
     const prefix = uniquePrefix();
-    const redis = new Redis(redisUrl as string);
     await redis.hset(`${prefix}flags`, 'preset', JSON.stringify({ enabled: true }));
     const a = instance(prefix);
     const b = instance(prefix);
@@ -442,12 +446,10 @@ describeRedis("featureFlags: source 'redis'", () => {
 
     await a.flags.delete('preset');
     await eventually(() => expect(b.flags.evaluate('preset')).toBeUndefined(), 1000);
-    await redis.quit();
   });
 
   it('refuses an invalid set() without writing, and keeps the previous flags when the hash holds a bad definition', async () => {
     const prefix = uniquePrefix();
-    const redis = new Redis(redisUrl as string);
     const { logger, lines } = recordingLogger();
     const a = instance(prefix);
     const b = instance(prefix, logger);
@@ -465,6 +467,14 @@ describeRedis("featureFlags: source 'redis'", () => {
     expect(lines.find((l) => l.code === 'FEATURE_FLAGS_INVALID')?.reason).toMatch(/\.y\.percentage/);
     expect(b.flags.evaluate('x', { plan: 'pro' })?.value).toBe(true);
     expect(b.flags.evaluate('y')).toBeUndefined();
-    await redis.quit();
+  });
+
+  it('heals a missed announcement with the periodic full reload (syncInterval)', async () => {
+    const prefix = uniquePrefix();
+    const b = instance(prefix, recordingLogger().logger, '200ms');
+    await b.flags.ready();
+    // Written without PUBLISH, as if the announcement had been lost.
+    await redis.hset(`${prefix}flags`, 'quiet', JSON.stringify({ enabled: true }));
+    await eventually(() => expect(b.flags.evaluate('quiet')?.value).toBe(true), 1500);
   });
 });

@@ -286,6 +286,21 @@ describe('tenant in a stack', () => {
     expect(text).not.toContain('tenant="r3"');
     await stack.close();
   });
+
+  it('gives ids accepted without tenants or resolve no label of their own (the client chose them)', async () => {
+    const stack = createStack({ logger: recordingLogger().logger, rateLimit: false, tenant: {} });
+    const app = newApp();
+    app.use(stack);
+    app.get('/', (_req, res) => {
+      res.send('ok');
+    });
+    app.use(stack.errorHandler);
+    for (const t of ['junk1', 'junk2', 'junk3']) await request(app).get('/').set('X-Tenant-ID', t).expect(200);
+    const text = await stack.metricsRegistry.metrics();
+    expect(text).toContain('tenant_requests_total{tenant="#other"} 3');
+    expect(text).not.toContain('tenant="junk1"');
+    await stack.close();
+  });
 });
 
 describe('tenant: setup errors', () => {

@@ -9,7 +9,8 @@ import { SCENARIOS, type BenchRequest, type Scenario } from './servers/scenarios
 // Each scenario runs in its own child process; autocannon loads them from this process in
 // alternating rounds, so drift of the machine (other work, thermal) hits every scenario alike.
 //
-// BENCH_DURATION  seconds per round (default 5)      BENCH_ROUNDS       rounds (default 3)
+// BENCH_DURATION  seconds per round (default: 5, less when there are many scenarios, so the
+//                 load phase stays near a minute)     BENCH_ROUNDS       rounds (default 3)
 // BENCH_WARMUP    warm-up seconds (default 2)        BENCH_CONNECTIONS  connections (default 50)
 // BENCH_SCENARIOS comma list of scenario names (default: all whose packages are installed)
 
@@ -42,8 +43,9 @@ interface Running {
   rounds: Round[];
 }
 
-const DURATION = positive('BENCH_DURATION', 5);
 const ROUNDS = Math.round(positive('BENCH_ROUNDS', 3));
+// Seconds of measured load the default run aims at, whatever the number of scenarios.
+const LOAD_BUDGET = 60;
 const WARMUP = positive('BENCH_WARMUP', 2);
 const CONNECTIONS = Math.round(positive('BENCH_CONNECTIONS', 50));
 const BASELINE = 'bare';
@@ -195,7 +197,7 @@ function report(servers: Running[]): void {
   for (const r of rows) {
     console.log(
       `| ${r.name} | ${Math.round(r.rps)} | ${r.range} | ${dash(r.ratio, r.ratio.toFixed(2))} | ${r.p50} | ${r.p99} | ` +
-        `${Math.round(r.cpu)} | ${dash(r.extraCpu, `+${Math.round(r.extraCpu)}`)} | ${r.bad} |`,
+        `${Math.round(r.cpu)} | ${dash(r.extraCpu, `${r.extraCpu >= 0 ? '+' : ''}${Math.round(r.extraCpu)}`)} | ${r.bad} |`,
     );
   }
   console.log('\nScenarios:');
@@ -219,8 +221,9 @@ function report(servers: Running[]): void {
 async function main(): Promise<void> {
   if (!existsSync(join(ROOT, 'dist', 'index.js'))) throw new Error('dist/index.js is missing: run `npm run build` (npm run bench does it)');
   const picked = selectScenarios();
+  const duration = positive('BENCH_DURATION', Math.max(2, Math.min(5, Math.floor(LOAD_BUDGET / (ROUNDS * picked.length)))));
   console.log(
-    `express-perimeter bench: ${picked.length} servers, ${ROUNDS} rounds × ${DURATION} s each after ${WARMUP} s warm-up, ` +
+    `express-perimeter bench: ${picked.length} servers, ${ROUNDS} rounds × ${duration} s each after ${WARMUP} s warm-up, ` +
       `${CONNECTIONS} connections, pipelining 1, node ${process.version}, ${cpus().length} cores (${cpus()[0]?.model ?? 'unknown'}), ` +
       `load average ${loadavg()[0].toFixed(1)} at start`,
   );
@@ -235,7 +238,7 @@ async function main(): Promise<void> {
       const order = servers.map((_, i) => servers[(i + round) % servers.length]);
       const line: string[] = [];
       for (const server of order) {
-        const result = await load(server, DURATION);
+        const result = await load(server, duration);
         server.rounds.push(result);
         line.push(`${server.name} ${Math.round(result.rps)} req/s`);
       }

@@ -43,7 +43,10 @@ export function parseAnalyticsOptions(value: AnalyticsOptions | boolean | undefi
   const windowMs = parseDuration(o.window ?? '15m', 'metrics.analytics.window');
   const buckets = o.buckets ?? 15;
   if (typeof buckets !== 'number' || !Number.isInteger(buckets) || buckets < 1 || buckets > MAX_BUCKETS) {
-    throw new ConfigError('metrics.analytics.buckets', `expected a whole number from 1 to ${MAX_BUCKETS}, like 15, got ${describe(buckets)}`);
+    throw new ConfigError(
+      'metrics.analytics.buckets',
+      `expected a whole number from 1 to ${MAX_BUCKETS}, like 15, got ${describe(buckets)}`,
+    );
   }
   if (windowMs / buckets < 1000) {
     throw new ConfigError(
@@ -53,19 +56,28 @@ export function parseAnalyticsOptions(value: AnalyticsOptions | boolean | undefi
   }
   const maxEndpoints = o.maxEndpoints ?? 1000;
   if (typeof maxEndpoints !== 'number' || !Number.isInteger(maxEndpoints) || maxEndpoints < 1 || maxEndpoints > MAX_ENDPOINTS) {
-    throw new ConfigError('metrics.analytics.maxEndpoints', `expected a whole number from 1 to ${MAX_ENDPOINTS}, like 1000, got ${describe(maxEndpoints)}`);
+    throw new ConfigError(
+      'metrics.analytics.maxEndpoints',
+      `expected a whole number from 1 to ${MAX_ENDPOINTS}, like 1000, got ${describe(maxEndpoints)}`,
+    );
   }
   const limit = checkLimit(o.limit ?? 10, 'metrics.analytics.limit');
   if (o.serve !== undefined && typeof o.serve !== 'boolean') {
     throw new ConfigError('metrics.analytics.serve', `expected true or false, got ${describe(o.serve)}`);
   }
   if (o.serve === false && o.path !== undefined) {
-    throw new ConfigError('metrics.analytics.serve', `is false while path is ${describe(o.path)}; drop path, or serve: false to keep the report off HTTP`);
+    throw new ConfigError(
+      'metrics.analytics.serve',
+      `is false while path is ${describe(o.path)}; drop path, or serve: false to keep the report off HTTP`,
+    );
   }
   const path = (o.serve ?? o.path !== undefined) ? checkPath(o.path ?? '/metrics/analytics') : undefined;
   const now = o.now;
   if (now !== undefined && typeof now !== 'function') {
-    throw new ConfigError('metrics.analytics.now', `expected a function returning epoch milliseconds, like () => Date.now(), got ${describe(now)}`);
+    throw new ConfigError(
+      'metrics.analytics.now',
+      `expected a function returning epoch milliseconds, like () => Date.now(), got ${describe(now)}`,
+    );
   }
   return { settings: { windowMs, buckets, maxEndpoints, now }, limit, path };
 }
@@ -254,7 +266,9 @@ export class Analytics {
    */
   record(endpoint: Endpoint, status: number, seconds: number, at: number = performance.now()): void {
     const epoch = Math.floor((this.injectedNow === undefined ? this.origin + at : this.injectedNow()) / this.bucketMs);
-    const slot = endpoint.slots[epoch % this.buckets];
+    const index = epoch % this.buckets;
+    // An injected clock may start before 1970; a negative index would throw inside on-finished.
+    const slot = endpoint.slots[index < 0 ? index + this.buckets : index];
     if (slot.epoch !== epoch) slot.reset(epoch);
     slot.count++;
     if (status >= 500) slot.errors5xx++;
@@ -296,7 +310,13 @@ export class Analytics {
     const slowest = [...rows].sort((a, b) => b.p[1] - a.p[1] || b.count - a.count || byLabel(a, b)).slice(0, limit);
     const failing = rows
       .filter((row) => row.errors5xx + row.errors4xx > 0)
-      .sort((a, b) => b.errors5xx / b.count - a.errors5xx / a.count || b.errors4xx / b.count - a.errors4xx / a.count || b.count - a.count || byLabel(a, b))
+      .sort(
+        (a, b) =>
+          b.errors5xx / b.count - a.errors5xx / a.count ||
+          b.errors4xx / b.count - a.errors4xx / a.count ||
+          b.count - a.count ||
+          byLabel(a, b),
+      )
       .slice(0, limit);
 
     return {

@@ -15,7 +15,8 @@ export function parseDuration(value: unknown, option: string): number {
 /** Parses a size ('1kb', '1mb' or bytes) into bytes; throws ConfigError naming `option`. */
 export function parseBytes(value: unknown, option: string): number {
   if (typeof value === 'number' && Number.isFinite(value) && value >= 0) return Math.floor(value);
-  if (typeof value === 'string' && value.trim() !== '') {
+  // bytes.parse falls back to parseInt ('1 megabyte' would be 1 byte), so the shape is checked first.
+  if (typeof value === 'string' && /^\s*\d+(?:\.\d+)?\s*(?:b|kb|mb|gb|tb|pb)?\s*$/i.test(value)) {
     const parsed = bytes.parse(value);
     if (typeof parsed === 'number' && Number.isFinite(parsed) && parsed >= 0) return parsed;
   }

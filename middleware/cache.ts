@@ -9,7 +9,7 @@ import type { Logger } from '../lib/logger';
 import { counter } from '../lib/metrics-registry';
 import { checkOptions } from '../lib/options';
 import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
-import { cacheStore, type CachedResponse, type CacheLookup, type CacheStore } from '../lib/stores/cache-store';
+import { cacheStore, MAX_FILL_MS, type CachedResponse, type CacheLookup, type CacheStore } from '../lib/stores/cache-store';
 import type { Stores, StoreFactory } from '../lib/stores/types';
 import { describe, parseBytes, parseDuration, parseSeconds } from '../lib/units';
 
@@ -105,6 +105,7 @@ const noop = (): void => undefined;
 // Namespaces some cache with a ttl serves in this process: a stack-level cache without ttl still
 // invalidates them on writes, since the write rarely passes the route-level cache of the GET.
 const ttlNamespaces = new Set<string>();
+let fillSequence = 0;
 
 /** One cache middleware's setup-time decisions. */
 interface Layer {
@@ -158,6 +159,10 @@ interface Fill {
   varyKeys: string[] | undefined;
   flight: Flight | undefined;
   ticket: number | undefined;
+  /** When the ticket was taken (Date.now()). */
+  ticketAt: number;
+  /** Names this fill as the holder of the key's lock. */
+  owner: string;
   locked: boolean;
   snapshot: OutgoingHttpHeaders | undefined;
   names: string[] | undefined;
@@ -344,9 +349,11 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
       fill.flight = undefined;
       return hit(req, res, state, entry);
     }
-    if (found.contended && entry === undefined && Date.now() < deadline) return poll(req, res, next, state, fill, deadline);
+    // Wait only for a filler of a key with nothing stored: an entry for another Vary variant is replaced, not awaited.
+    if (found.contended && found.entry === undefined && Date.now() < deadline) return poll(req, res, next, state, fill, deadline);
     if (entry !== undefined && fill.flight !== undefined) fill.flight.stale = entry;
     fill.locked = found.locked;
+    fill.ticketAt = Date.now();
     const ticket = found.failed ? undefined : safeTicket(state, fill.server.storeTimeout);
     if (ticket === undefined || typeof ticket === 'number') {
       fill.ticket = ticket;
@@ -366,7 +373,7 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
     const timer = setTimeout(() => {
       const timedOut = Date.now() + delay >= deadline;
       const lockMs = timedOut ? 0 : fill.server.lockMs;
-      Promise.resolve(state.store.acquire(fill.key, lockMs, fill.server.storeTimeout, fill.server.staleMs))
+      Promise.resolve(state.store.acquire(fill.key, lockMs, fill.server.storeTimeout, fill.server.staleMs, fill.owner))
         .then((found) => {
           if (found.contended && found.entry === undefined && !timedOut) return poll(req, res, next, state, fill, deadline, Math.min(delay * 2, 100));
           // Out of patience: run the handler without the lock rather than wait on a filler that may be gone.
@@ -418,7 +425,7 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
     fill.flight = startFlight(state.flights, key, req, fill.server.lockMs);
     let found: CacheLookup | Promise<CacheLookup>;
     try {
-      found = state.store.acquire(key, fill.server.lockMs, fill.server.storeTimeout, fill.server.staleMs);
+      found = state.store.acquire(key, fill.server.lockMs, fill.server.storeTimeout, fill.server.staleMs, fill.owner);
     } catch {
       found = FAILED_LOOKUP;
     }
@@ -471,6 +478,8 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
       varyKeys: layer.varyKeys,
       flight: undefined,
       ticket: undefined,
+      ticketAt: 0,
+      owner: String(++fillSequence),
       locked: false,
       snapshot: undefined,
       names: undefined,
@@ -538,9 +547,10 @@ function settle(fill: Fill, entry: CachedResponse | undefined): void {
   const state = fill.state;
   if (state === undefined) return;
   const unlock = (): void => {
-    if (fill.locked) state.store.unlock(fill.key).catch(noop);
+    if (fill.locked) state.store.unlock(fill.key, fill.owner).catch(noop);
   };
-  if (entry === undefined || fill.ticket === undefined) return unlock();
+  // A fill older than the invalidation markers could have missed one: serve it, do not keep it.
+  if (entry === undefined || fill.ticket === undefined || Date.now() - fill.ticketAt > MAX_FILL_MS) return unlock();
   state.store
     .set(fill.key, entry, fill.ticket, Math.max(fill.server.storeTimeout, 1000))
     .then(

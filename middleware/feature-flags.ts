@@ -238,11 +238,16 @@ export function createFeatureFlags(options: FeatureFlagsOptions = {}, stackRunti
   let firstLoad: Promise<void> = Promise.resolve();
   let closed = false;
   if (source !== undefined) {
-    source.watch(() => {
+    const watching = source.watch(() => {
       if (!closed) void reload(false).catch(() => undefined);
     });
-    // The file was read at setup; the shared store is read now, without holding up any request.
-    if (source.initial === undefined) firstLoad = reload(true).catch(() => undefined);
+    // The file was read at setup; the shared store is read now, without holding up any request,
+    // and once more when the subscription is in place: a change announced between the first read
+    // and the subscription would otherwise wait for the next sync.
+    if (source.initial === undefined) {
+      const loading = reload(true).catch(() => undefined);
+      firstLoad = Promise.all([loading, watching.then(() => (closed ? undefined : reload(true).catch(() => undefined)))]).then(() => undefined);
+    }
   }
 
   const handler = function featureFlagsMiddleware(req: Request, res: Response, next: NextFunction): void {

@@ -130,7 +130,8 @@ export function createMetrics(options: MetricsOptions = {}, registry?: Registry)
   const analyticsOptions = parseAnalyticsOptions(options.analytics);
   // One per handler, whatever registries it writes to: it reports the requests this handler measured.
   const tracker = analyticsOptions && new Analytics(analyticsOptions.settings);
-  const served = tracker && analyticsOptions?.path !== undefined ? { tracker, path: analyticsOptions.path, limit: analyticsOptions.limit } : undefined;
+  const served =
+    tracker && analyticsOptions?.path !== undefined ? { tracker, path: analyticsOptions.path, limit: analyticsOptions.limit } : undefined;
 
   const build = (reg: Registry): HttpSeries => {
     if (defaultMetrics) collectDefaultsOnce(reg, prefix);

@@ -51,7 +51,7 @@ export interface TenantOptions {
   caseSensitive?: boolean;
   /** Subdomains that name no tenant (acme.api.example.com is a tenant, www.api.example.com is not). Defaults to ['www']. */
   ignoreSubdomains?: string[];
-  /** Most tenants outside `tenants` given their own `tenant` label on `tenant_requests_total`; later ones count as '#other'. Defaults to 100. */
+  /** Most tenants found by `resolve` given their own `tenant` label on `tenant_requests_total`; later ones (and ids accepted without `tenants` or `resolve`) count as '#other'. Defaults to 100. */
   metricsLabels?: number;
   /** Clock of the resolve cache, in epoch ms (tests). Defaults to Date.now. */
   now?: () => number;
@@ -156,12 +156,12 @@ export function tenant(options: TenantOptions = {}): TenantHandler {
   );
   const missingMessage = `This request names no tenant; send it in ${where.join(' or ')}.`;
 
-  function accept(req: Request, next: NextFunction, info: TenantInfo, source: number, raw: string, isListed: boolean): void {
+  function accept(req: Request, next: NextFunction, info: TenantInfo, source: number, raw: string, kind: 'listed' | 'resolved' | 'unverified'): void {
     req.tenant = info;
     const ctx = req.context;
     // Setting the context's tenant makes ctx.log (and the request log line) carry tenant_id.
     if (ctx !== undefined) ctx.tenant = info;
-    metricsOf(req).inc(info.id, isListed);
+    metricsOf(req).inc(info.id, kind);
     if (stripPath && source === fromPath) strip(req, prefix, raw);
     next();
   }
@@ -201,14 +201,14 @@ export function tenant(options: TenantOptions = {}): TenantHandler {
       }
     }
     const known = listed?.get(id);
-    if (known !== undefined) return accept(req, next, known, source, raw, true);
+    if (known !== undefined) return accept(req, next, known, source, raw, 'listed');
     if (resolver === undefined) {
       if (!acceptsAny) return next(notFound(id));
-      return accept(req, next, { id }, source, raw, false);
+      return accept(req, next, { id }, source, raw, 'unverified');
     }
     const cached = cache.get(id);
     if (cached !== undefined && cached.expiresAt > now()) {
-      return cached.info === null ? next(notFound(id)) : accept(req, next, cached.info, source, raw, false);
+      return cached.info === null ? next(notFound(id)) : accept(req, next, cached.info, source, raw, 'resolved');
     }
     let pending: Promise<TenantInfo | null>;
     try {
@@ -220,7 +220,7 @@ export function tenant(options: TenantOptions = {}): TenantHandler {
       (info) => {
         try {
           if (info === null) next(notFound(id));
-          else accept(req, next, info, source, raw, false);
+          else accept(req, next, info, source, raw, 'resolved');
         } catch (err) {
           next(err);
         }
@@ -245,10 +245,14 @@ class TenantMetrics {
     private readonly counter: Counter<'tenant'>,
     private readonly cap: number,
   ) {}
-  inc(id: string, listed: boolean): void {
+  /** Counts a request of `id`: 'listed' (in `tenants`), 'resolved' (known to `resolve`) or 'unverified' (accepted without either). */
+  inc(id: string, kind: 'listed' | 'resolved' | 'unverified'): void {
+    // An unverified id is whatever the client sent: it never gets a label of its own.
+    if (kind === 'unverified') return (this.other ??= this.counter.labels(OTHER)).inc();
+    const listed = kind === 'listed';
     let child = this.children.get(id);
     if (child === undefined) {
-      // Tenants from config are bounded by the config; the others (resolved, or any id) by the cap.
+      // Tenants from config are bounded by the config; resolved ones by the cap.
       if (listed || this.unlisted < this.cap) {
         child = this.counter.labels(id);
         this.children.set(id, child);

@@ -49,9 +49,19 @@ export function nullStream(): Writable {
 const UNREACHABLE_LIMIT = 1e9;
 
 /**
+ * `createStack()` defaults as the bench runs them: info logs formatted into a null stream, the
+ * rate limit out of reach. `extra` adds or overrides stack options (auth keys, a Redis URL…).
+ */
+export function benchStack({ perimeter, hasMiddleware }: BenchLib, extra: Perimeter.StackConfig = {}): Perimeter.Stack {
+  const config: Perimeter.StackConfig = { logger: { level: 'info', stream: nullStream() } };
+  if (hasMiddleware('rateLimit')) config.rateLimit = { limit: UNREACHABLE_LIMIT, window: '1m' };
+  return perimeter.createStack({ ...config, ...extra });
+}
+
+/**
  * The servers the bench compares, by name. `bare` is the baseline every ratio is taken against.
  * A later middleware adds its case here, e.g.
- * `'stack-auth': { description: '…', request: { headers: { 'X-API-Key': 'k' } }, setup: (app, { perimeter }) => {…} }`.
+ * `'stack-auth': { description: '…', request: { headers: { 'X-API-Key': 'k' } }, setup: (app, lib) => {…benchStack(lib, { auth: … })…} }`.
  */
 export const SCENARIOS: Record<string, Scenario> = {
   bare: {
@@ -61,10 +71,8 @@ export const SCENARIOS: Record<string, Scenario> = {
 
   stack: {
     description: 'createStack() defaults, memory stores, info logs formatted to a null stream',
-    setup(app, { perimeter, hasMiddleware }) {
-      const config: Perimeter.StackConfig = { logger: { level: 'info', stream: nullStream() } };
-      if (hasMiddleware('rateLimit')) config.rateLimit = { limit: UNREACHABLE_LIMIT, window: '1m' };
-      const stack = perimeter.createStack(config);
+    setup(app, lib) {
+      const stack = benchStack(lib);
       app.use(stack);
       return { after: stack.errorHandler, close: () => stack.close() };
     },
@@ -79,12 +87,10 @@ export const SCENARIOS: Record<string, Scenario> = {
 
   'stack-cache-hit': {
     description: "createStack() defaults (as 'stack') + cache({ ttl: 60 }) on the route: every request after the first is a cache hit",
-    setup(app, { perimeter, hasMiddleware }) {
-      const config: Perimeter.StackConfig = { logger: { level: 'info', stream: nullStream() } };
-      if (hasMiddleware('rateLimit')) config.rateLimit = { limit: UNREACHABLE_LIMIT, window: '1m' };
-      const stack = perimeter.createStack(config);
+    setup(app, lib) {
+      const stack = benchStack(lib);
       app.use(stack);
-      app.use('/games', perimeter.cache({ ttl: 60 }));
+      app.use('/games', lib.perimeter.cache({ ttl: 60 }));
       return { after: stack.errorHandler, close: () => stack.close() };
     },
   },

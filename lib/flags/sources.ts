@@ -16,8 +16,8 @@ export interface FlagSource {
   readonly initial?: Record<string, unknown>;
   /** Reads every definition; resolves to undefined when nothing changed since the last read (unless `force`). */
   load(force: boolean): Promise<Record<string, unknown> | undefined>;
-  /** Starts announcing changes through `onChange` (debounced, never for this process's own `set()` alone). */
-  watch(onChange: () => void): void;
+  /** Starts announcing changes through `onChange`; resolves once announcements are sure to arrive (subscribed), or the attempt failed. */
+  watch(onChange: () => void): Promise<void>;
   /** Writes one flag for every instance; absent on read-only sources. */
   set?(name: string, definition: FlagDefinition): Promise<void>;
   /** Removes one flag for every instance; absent on read-only sources. */
@@ -65,7 +65,7 @@ export function fileSource(path: string, options: FileSourceOptions, option: str
       lastText = next;
       return parsed;
     },
-    watch(onChange) {
+    async watch(onChange) {
       const schedule = (): void => {
         if (closed) return;
         if (timer !== undefined) clearTimeout(timer);
@@ -142,11 +142,13 @@ export function storeSource(store: FlagsStore, syncIntervalMs: number, option: s
       }
       return out;
     },
-    watch(onChange) {
-      unsubscribe = store.subscribe(() => {
-        if (!closed) onChange();
-      }).catch(() => undefined);
-      // A failed subscription is retried by the reconnect reload and healed by the timer.
+    async watch(onChange) {
+      // A failed subscription is healed by the timer (and ioredis resubscribes on reconnect).
+      unsubscribe = store
+        .subscribe(() => {
+          if (!closed) onChange();
+        })
+        .catch(() => undefined);
       removeResync = store.onResync(() => {
         if (!closed) onChange();
       });
@@ -154,6 +156,7 @@ export function storeSource(store: FlagsStore, syncIntervalMs: number, option: s
         if (!closed) onChange();
       }, syncIntervalMs);
       timer.unref();
+      await unsubscribe;
     },
     set(name, definition) {
       return store.set(name, JSON.stringify(definition));

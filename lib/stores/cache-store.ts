@@ -59,15 +59,15 @@ export interface CacheStore {
   /**
    * The authoritative look-up; on a miss or a stale entry it also tries to take the key's fill
    * lock for `lockMs` (0: look only). `staleMs` is the caller's stale window, so the store can
-   * tell fresh from stale before decoding.
+   * tell fresh from stale before decoding; `owner` names the lock holder for {@link unlock}.
    */
-  acquire(key: string, lockMs: number, timeoutMs: number, staleMs?: number): CacheLookup | Promise<CacheLookup>;
+  acquire(key: string, lockMs: number, timeoutMs: number, staleMs?: number, owner?: string): CacheLookup | Promise<CacheLookup>;
   /** The invalidation generation now: pass it to {@link set} for a response computed from here on. */
   ticket(timeoutMs: number): number | Promise<number>;
   /** Stores `entry` unless an invalidation of one of its names happened after `ticket`; resolves to whether it was kept. */
   set(key: string, entry: CachedResponse, ticket: number, timeoutMs: number): Promise<boolean>;
-  /** Releases the fill lock of `key`. */
-  unlock(key: string): Promise<void>;
+  /** Releases the fill lock of `key` if `owner` still holds it (a filler that outlived its lock must not free its successor's). */
+  unlock(key: string, owner?: string): Promise<void>;
   /** Drops every entry filed under one of `names` (here and, on Redis, on every instance). */
   invalidate(names: string[]): void | Promise<void>;
   /** Unsubscribes and forgets local state. */
@@ -94,8 +94,12 @@ export interface CacheStoreOptions {
 
 const EMPTY: CacheLookup = Object.freeze({ entry: undefined, stale: false, locked: false, contended: false, failed: false }) as CacheLookup;
 const FAILED: CacheLookup = Object.freeze({ entry: undefined, stale: false, locked: false, contended: false, failed: true }) as CacheLookup;
-// Invalidation markers outlive any fill that could still race them: a fill older than this is not stored.
-const INVALIDATION_KEEP_MS = 10 * 60_000;
+/**
+ * Longest a fill may run between its ticket and its store: Redis keeps invalidation markers this
+ * long, so a response computed over a longer span is not stored (callers check it).
+ */
+export const MAX_FILL_MS = 10 * 60_000;
+const INVALIDATION_KEEP_MS = MAX_FILL_MS;
 // While Redis is down, one request a second tries it; the others act on a miss at once.
 const PROBE_INTERVAL_MS = 1000;
 
@@ -146,7 +150,7 @@ interface Slot {
 class MemoryCacheStore implements CacheStore {
   private readonly slots: LRUCache<string, Slot>;
   private readonly index = new Map<string, Set<string>>();
-  private readonly locks = new Map<string, number>();
+  private readonly locks = new Map<string, { until: number; owner: string }>();
   // name → generation of its last invalidation; bounded, since only fills in flight ever read it.
   private readonly invalidated = new LRUCache<string, number>({ max: 10_000 });
   private readonly maxBytes: number;
@@ -178,15 +182,15 @@ class MemoryCacheStore implements CacheStore {
     return { entry, stale: now - entry.storedAt >= entry.ttlMs, locked: false, contended: false, failed: false };
   }
 
-  acquire(key: string, lockMs: number): CacheLookup {
+  acquire(key: string, lockMs: number, _timeoutMs?: number, _staleMs?: number, owner = ''): CacheLookup {
     const found = this.peek(key);
     if ((found !== undefined && !found.stale) || lockMs <= 0) return found ?? EMPTY;
     const now = this.now();
     const held = this.locks.get(key);
-    const locked = held === undefined || held <= now;
+    const locked = held === undefined || held.until <= now;
     if (locked) {
       if (this.locks.size >= 10_000) this.pruneLocks(now);
-      this.locks.set(key, now + lockMs);
+      this.locks.set(key, { until: now + lockMs, owner });
     }
     if (found === undefined) return locked ? { ...EMPTY, locked: true } : { ...EMPTY, contended: true };
     return { ...found, locked, contended: !locked };
@@ -222,8 +226,8 @@ class MemoryCacheStore implements CacheStore {
     return true;
   }
 
-  async unlock(key: string): Promise<void> {
-    this.locks.delete(key);
+  async unlock(key: string, owner = ''): Promise<void> {
+    if (this.locks.get(key)?.owner === owner) this.locks.delete(key);
   }
 
   invalidate(names: string[]): void {
@@ -249,7 +253,7 @@ class MemoryCacheStore implements CacheStore {
   }
 
   private pruneLocks(now: number): void {
-    for (const [key, until] of this.locks) if (until <= now) this.locks.delete(key);
+    for (const [key, lock] of this.locks) if (lock.until <= now) this.locks.delete(key);
   }
 }
 
@@ -424,11 +428,11 @@ class RedisCacheStore implements CacheStore {
     return found !== undefined && !found.stale ? found : undefined;
   }
 
-  acquire(key: string, lockMs: number, timeoutMs: number, staleMs = 0): CacheLookup | Promise<CacheLookup> {
+  acquire(key: string, lockMs: number, timeoutMs: number, staleMs = 0, owner = ''): CacheLookup | Promise<CacheLookup> {
     if (this.now() < this.downUntil) return FAILED;
     const entryKey = this.entryKey(key);
     const generation = this.localGeneration;
-    return this.lookup([entryKey, `${entryKey}:lock`], [lockMs, this.token, staleMs], timeoutMs).then(
+    return this.lookup([entryKey, `${entryKey}:lock`], [lockMs, `${this.token}:${owner}`, staleMs], timeoutMs).then(
       (reply) => {
         this.downUntil = 0;
         const [raw, pttl, lock] = reply as [Buffer | null, number, number];
@@ -480,9 +484,9 @@ class RedisCacheStore implements CacheStore {
     return filed;
   }
 
-  async unlock(key: string): Promise<void> {
+  async unlock(key: string, owner = ''): Promise<void> {
     const lockKey = `${this.entryKey(key)}:lock`;
-    await this.unlockScript([lockKey], [this.token]);
+    await this.unlockScript([lockKey], [`${this.token}:${owner}`]);
   }
 
   async invalidate(names: string[]): Promise<void> {

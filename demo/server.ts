@@ -1,0 +1,144 @@
+/**
+ * The express-perimeter demo: a small games API that shows every middleware.
+ * Copy it as a template. `npm run demo` runs it on in-memory stores; REDIS_URL switches every
+ * store to Redis. Try:
+ *   curl -i localhost:3000/api/games                                   # X-Request-ID, rate-limit headers, ETag
+ *   curl -i localhost:3000/api/games -H 'If-None-Match: <etag>'        # 304
+ *   curl -i -X POST localhost:3000/api/games -H 'X-API-Key: demo-pro-key' -H 'Content-Type: application/json' -d '{"name":"Go","genre":"board"}'
+ *   curl -i localhost:3000/api/slow?ms=3000                             # 504 after 2 s
+ *   curl -i localhost:3000/api/flaky                                    # 500s, then 503 CIRCUIT_OPEN
+ *   curl -s localhost:3000/metrics | head
+ */
+import express from 'express';
+import {
+  audit,
+  configFromEnv,
+  createStack,
+  credits,
+  handleClientErrors,
+  rateLimit,
+  requireFeature,
+  requireRole,
+  retry,
+  timeout,
+  cache,
+  circuitBreaker,
+} from '../index';
+import { GameStore } from './games';
+
+// Demo credentials only: real services take them from API_KEYS / JWT_SECRET (configFromEnv).
+const DEMO_API_KEYS = [
+  { key: 'demo-free-key', name: 'demo-free', tier: 'free', userId: 'u-free' },
+  { key: 'demo-pro-key', name: 'demo-pro', tier: 'pro', userId: 'u-pro' },
+];
+
+export function createDemoApp() {
+  const env = configFromEnv();
+  const stack = createStack({
+    ...env,
+    auth: {
+      apiKeys: DEMO_API_KEYS,
+      jwt: { secret: process.env.JWT_SECRET ?? 'demo-secret-change-me-demo-secret-change-me' },
+      required: false, // anonymous reads are fine; writes use requireRole / credits below
+    },
+    tenant: { from: ['header'], tenants: { acme: { plan: 'pro' }, globex: { plan: 'free' } }, required: false },
+    rateLimit: {
+      limit: 30,
+      window: '1m',
+      tiers: { free: { limit: 10, window: '1m', daily: 500 }, pro: { limit: 60, window: '1m', daily: 10_000 } },
+    },
+    credits: { cost: 0, initialBalance: 20 }, // free by default; priced per route below
+    featureFlags: {
+      flags: {
+        'new-ui': { beta: true, expose: true },
+        'ml-recommendations': { plans: ['pro'], percentage: 50 },
+      },
+    },
+    ipFilter: { paths: { '/admin': { allow: ['127.0.0.1', '::1'] } }, autoBan: { after: 20, within: '1m', for: '10m' } },
+    auditLog: { sink: 'logger' },
+    cache: { maxAge: 0 },
+  });
+
+  const games = new GameStore([
+    { name: 'Chess', genre: 'board' },
+    { name: 'Tetris', genre: 'puzzle' },
+  ]);
+  const app = express();
+  app.use(stack);
+
+  app.get('/health', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+
+  const api = express.Router();
+  // Cached server-side for 30 s per caller; writes to /api/games invalidate it on every instance.
+  api.get('/games', cache({ ttl: 30, tags: ['games'] }), (_req, res) => {
+    res.json(games.list());
+  });
+  api.get('/games/:id', (req, res) => {
+    res.json(games.get(Number(req.params.id)));
+  });
+  // Writes need the admin role (JWT) or an API key, and cost 5 credits (refunded unless 2xx).
+  api.post('/games', requireRole('admin', 'api'), credits({ cost: 5 }), (req, res) => {
+    res.status(201).json(games.create(req.body));
+  });
+  api.put('/games/:id', requireRole('admin', 'api'), (req, res) => {
+    res.json(games.update(Number(req.params.id), req.body));
+  });
+  api.delete('/games/:id', requireRole('admin'), audit('GAME_REMOVED'), (req, res) => {
+    games.delete(Number(req.params.id));
+    res.status(204).end();
+  });
+  // A stricter limit on one route, counted apart from the stack's.
+  api.post('/login', rateLimit({ limit: 5, window: '1m', key: 'ip' }), (_req, res) => {
+    res.json({ token: 'issue a JWT here' });
+  });
+  // req.signal aborts when the 2 s deadline passes or the client goes away.
+  api.get('/slow', timeout({ ms: 2000 }), async (req, res) => {
+    const ms = Math.min(Number(req.query.ms ?? 1000), 10_000);
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    if (!req.signal.aborted) res.json({ waited: ms });
+  });
+  // Fails half the time: after 5 calls with ≥ 50% failures the breaker answers the fallback.
+  api.get('/flaky', circuitBreaker({ name: 'flaky', fallback: { games: [], degraded: true } }), (_req, res) => {
+    if (Math.random() < 0.5) throw new Error('upstream 10.0.0.7 refused the connection');
+    res.json({ games: games.list() });
+  });
+  // Outbound calls get retries with jittered backoff that stop when the request is aborted.
+  api.get('/recommendations', requireFeature('ml-recommendations'), async (req, res) => {
+    const picks = await retry(async () => games.list().slice(0, 1), { retries: 2, signal: req.signal });
+    res.json({ picks, features: req.features?.all() });
+  });
+  api.get('/fail', () => {
+    throw new Error('connection to 172.31.30.29 refused'); // the client sees INTERNAL_ERROR only in production
+  });
+  app.use('/api', api);
+
+  // Admin: block an IP on every instance (ipFilter only lets loopback reach /admin).
+  app.post('/admin/blocks', express.json(), async (req, res) => {
+    await stack.middleware.ipFilter.block(String(req.body?.ip), req.body?.ttl ?? '1h');
+    res.status(201).json({ blocked: req.body?.ip });
+  });
+  app.post('/admin/credits/:user', async (req, res) => {
+    res.json({ balance: await stack.middleware.credits.grant(req.params.user, Number(req.body?.amount ?? 100)) });
+  });
+
+  app.use(stack.errorHandler);
+  return { app, stack };
+}
+
+if (require.main === module) {
+  const { app, stack } = createDemoApp();
+  const port = Number(process.env.PORT ?? 3000);
+  const server = app.listen(port, () => {
+    stack.logger.info(`express-perimeter demo on http://localhost:${port} (${process.env.REDIS_URL ? 'Redis' : 'memory'} stores)`);
+  });
+  handleClientErrors(server);
+  const shutdown = async () => {
+    server.close();
+    await stack.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', shutdown);
+  process.on('SIGINT', shutdown);
+}
