@@ -69,7 +69,9 @@ function installed(pkg: string): boolean {
 }
 
 function selectScenarios(): Array<[string, Scenario]> {
-  const wanted = process.env.BENCH_SCENARIOS?.split(',').map((s) => s.trim()).filter(Boolean);
+  const wanted = process.env.BENCH_SCENARIOS?.split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   for (const name of wanted ?? []) {
     if (!(name in SCENARIOS)) throw new Error(`BENCH_SCENARIOS: unknown scenario '${name}' (known: ${Object.keys(SCENARIOS).join(', ')})`);
   }
@@ -122,7 +124,11 @@ function probe(server: Running): Promise<void> {
       res.on('data', (chunk: string) => (body += chunk));
       res.on('end', () => {
         if (res.statusCode !== expected) {
-          reject(new Error(`server '${server.name}': ${req.method} ${req.path} answered ${res.statusCode}, expected ${expected}: ${body.slice(0, 300)}`));
+          reject(
+            new Error(
+              `server '${server.name}': ${req.method} ${req.path} answered ${res.statusCode}, expected ${expected}: ${body.slice(0, 300)}`,
+            ),
+          );
           return;
         }
         const headers = Object.keys(res.headers).length;
@@ -192,7 +198,9 @@ function report(servers: Running[]): void {
     };
   });
   const dash = (value: number, text: string): string => (Number.isNaN(value) ? '–' : text);
-  console.log('\n| scenario | req/s (median) | req/s range | vs bare | p50 ms | p99 ms | server CPU µs/req | added µs/req | non-2xx/errors |');
+  console.log(
+    '\n| scenario | req/s (median) | req/s range | vs bare | p50 ms | p99 ms | server CPU µs/req | added µs/req | non-2xx/errors |',
+  );
   console.log('|---|---:|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
     console.log(
@@ -209,7 +217,9 @@ function report(servers: Running[]): void {
   );
   const load = loadavg()[0];
   if (load > cpus().length) {
-    console.log(`WARNING: load average ${load.toFixed(1)} on ${cpus().length} cores: other work competed with the bench; the figures are noisy.`);
+    console.log(
+      `WARNING: load average ${load.toFixed(1)} on ${cpus().length} cores: other work competed with the bench; the figures are noisy.`,
+    );
   }
   const failed = rows.filter((r) => r.bad > 0);
   if (failed.length > 0) {

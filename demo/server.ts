@@ -17,6 +17,7 @@ import {
   credits,
   handleClientErrors,
   rateLimit,
+  requireAuth,
   requireFeature,
   requireRole,
   retry,
@@ -47,7 +48,7 @@ export function createDemoApp() {
       window: '1m',
       tiers: { free: { limit: 10, window: '1m', daily: 500 }, pro: { limit: 60, window: '1m', daily: 10_000 } },
     },
-    credits: { cost: 0, initialBalance: 20 }, // free by default; priced per route below
+    credits: { cost: 0, initialBalance: 20 }, // free by default; priced per route below (same balances)
     featureFlags: {
       flags: {
         'new-ui': { beta: true, expose: true },
@@ -78,11 +79,11 @@ export function createDemoApp() {
   api.get('/games/:id', (req, res) => {
     res.json(games.get(Number(req.params.id)));
   });
-  // Writes need the admin role (JWT) or an API key, and cost 5 credits (refunded unless 2xx).
-  api.post('/games', requireRole('admin', 'api'), credits({ cost: 5 }), (req, res) => {
+  // Writes need a caller (JWT or API key) and cost 5 credits, refunded unless the answer is 2xx.
+  api.post('/games', requireAuth(), credits({ cost: 5, initialBalance: 20 }), (req, res) => {
     res.status(201).json(games.create(req.body));
   });
-  api.put('/games/:id', requireRole('admin', 'api'), (req, res) => {
+  api.put('/games/:id', requireAuth(), (req, res) => {
     res.json(games.update(Number(req.params.id), req.body));
   });
   api.delete('/games/:id', requireRole('admin'), audit('GAME_REMOVED'), (req, res) => {
@@ -99,9 +100,11 @@ export function createDemoApp() {
     await new Promise((resolve) => setTimeout(resolve, ms));
     if (!req.signal.aborted) res.json({ waited: ms });
   });
-  // Fails half the time: after 5 calls with ≥ 50% failures the breaker answers the fallback.
+  // Fails every other call: after 5 calls with ≥ 50% failures the breaker answers the fallback
+  // for 30 s, then lets one probe through.
+  let flakyCalls = 0;
   api.get('/flaky', circuitBreaker({ name: 'flaky', fallback: { games: [], degraded: true } }), (_req, res) => {
-    if (Math.random() < 0.5) throw new Error('upstream 10.0.0.7 refused the connection');
+    if (flakyCalls++ % 2 === 0) throw new Error('upstream 10.0.0.7 refused the connection');
     res.json({ games: games.list() });
   });
   // Outbound calls get retries with jittered backoff that stop when the request is aborted.

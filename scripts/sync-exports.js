@@ -30,7 +30,9 @@ function middlewareNames(root = ROOT) {
   const bad = names.filter((name) => !KEBAB.test(name));
   if (bad.length > 0) {
     // The file name becomes the public subpath, so it must already be the kebab-case the API promises.
-    throw new Error(`middleware/${bad[0]}.ts: middleware file names must be kebab-case (like rate-limit.ts), as they become package subpaths`);
+    throw new Error(
+      `middleware/${bad[0]}.ts: middleware file names must be kebab-case (like rate-limit.ts), as they become package subpaths`,
+    );
   }
   return names;
 }
