@@ -16,6 +16,20 @@ describe('securityHeaders', () => {
     expect(res.headers['content-security-policy']).toBe("default-src 'none';frame-ancestors 'none'");
     expect(res.headers['referrer-policy']).toBe('no-referrer');
     expect(res.headers['x-powered-by']).toBeUndefined();
+    expect(res.headers['cross-origin-resource-policy']).toBe('same-origin');
+    // Document-only headers are left out of API responses.
+    expect(res.headers['x-dns-prefetch-control']).toBeUndefined();
+    expect(res.headers['origin-agent-cluster']).toBeUndefined();
+  });
+
+  it('turns a document-only header back on when asked', async () => {
+    const app = newApp();
+    app.use(securityHeaders({ xDnsPrefetchControl: { allow: false } }));
+    app.get('/', (_req, res) => {
+      res.send('ok');
+    });
+    const res = await request(app).get('/').expect(200);
+    expect(res.headers['x-dns-prefetch-control']).toBe('off');
   });
 
   it("takes helmet's options over the defaults", async () => {

@@ -1,3 +1,4 @@
+import { MESSAGE } from 'triple-beam';
 import winston from 'winston';
 import { redact } from './redact';
 
@@ -35,6 +36,19 @@ export const redactFormat = winston.format((info) => {
   return redact(info);
 });
 
+// JSON.stringify is about twice as fast as logform's json() (safe-stable-stringify, which sorts
+// keys): the request log line is written for every request. Lines it cannot encode (cycles,
+// BigInt) fall back to json().
+const slowJson = winston.format.json();
+const jsonLine = winston.format((info) => {
+  try {
+    (info as Record<symbol, unknown>)[MESSAGE] = JSON.stringify(info);
+    return info;
+  } catch {
+    return slowJson.transform(info) as typeof info;
+  }
+});
+
 const gcpFormat = winston.format((info) => {
   (info as Record<string, unknown>).severity = GCP_SEVERITY[info.level] ?? 'DEFAULT';
   return info;
@@ -57,7 +71,7 @@ export function createLogger(options: LoggerOptions = {}): Logger {
   const format = options.format ?? (process.env.LOG_FORMAT === 'gcp' ? 'gcp' : 'json');
   const formats = [winston.format.timestamp(), errorFields(), redactFormat()];
   if (format === 'gcp') formats.push(gcpFormat());
-  formats.push(winston.format.json());
+  formats.push(jsonLine());
   const level = options.level ?? process.env.LOG_LEVEL ?? 'info';
   return winston.createLogger({
     // 'silent' turns logging off (tests, benchmarks).

@@ -37,6 +37,9 @@ function middlewareNames(root = ROOT) {
   return names;
 }
 
+/** Subpaths that are not middleware files, as `name: path under dist without extension`. */
+const EXTRA_SUBPATHS = { openfeature: 'openfeature/index' };
+
 /** `rate-limit` → `rateLimit`: the name each subpath module exports its factory under. */
 function camelCase(kebab) {
   return kebab.replace(/-([a-z0-9])/g, (_match, char) => char.toUpperCase());
@@ -53,6 +56,11 @@ function expectedFields(root = ROOT) {
     exportsMap[`./${name}`] = { types: `./dist/middleware/${name}.d.ts`, default: `./dist/middleware/${name}.js` };
     // TypeScript's classic `moduleResolution: node` ignores `exports`; typesVersions gives it the subpaths.
     typesMap[name] = [`dist/middleware/${name}.d.ts`];
+  }
+  // Entry points that are not middleware: the OpenFeature provider.
+  for (const [name, file] of Object.entries(EXTRA_SUBPATHS)) {
+    exportsMap[`./${name}`] = { types: `./dist/${file}.d.ts`, default: `./dist/${file}.js` };
+    typesMap[name] = [`dist/${file}.d.ts`];
   }
   exportsMap['./package.json'] = './package.json';
   return { main: 'dist/index.js', types: 'dist/index.d.ts', exports: exportsMap, typesVersions: { '*': typesMap } };
