@@ -108,8 +108,9 @@ const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as {
   peerDependencies?: Record<string, string>;
   bin?: string | Record<string, string>;
 };
+// Middleware subpaths, which export a factory; `openfeature` (a provider, not middleware) has its own test.
 const SUBPATHS = Object.keys(pkg.exports ?? {})
-  .filter((key) => key !== '.' && key !== './package.json')
+  .filter((key) => key !== '.' && key !== './package.json' && key !== './openfeature')
   .map((key) => key.slice(2));
 
 let project: string;
@@ -222,6 +223,7 @@ describe('require() from CommonJS', () => {
       }
       const config = new root.ConfigError('rateLimit.window', 'expected a duration');
       out.configError = { error: config instanceof Error, isHttpError: root.isHttpError(config), option: config.option, message: config.message };
+      out.openfeature = typeof require('express-perimeter/openfeature').PerimeterProvider;
       out.version = require('express-perimeter/package.json').version;
       out.express = require('express/package.json').version;
       process.stdout.write(JSON.stringify(out));
@@ -236,6 +238,10 @@ describe('require() from CommonJS', () => {
 
   it('runs beside the Express major under test', () => {
     expect(shapes.express.split('.')[0]).toBe(process.env.EXPRESS_MAJOR === '4' ? '4' : '5');
+  });
+
+  it("require('express-perimeter/openfeature') gives the OpenFeature provider", () => {
+    expect(shapes.openfeature).toBe('function');
   });
 
   it('exposes package.json as a subpath', () => {

@@ -1,9 +1,6 @@
-import type { ChildProcess } from 'node:child_process';
+import type { OwnRedisServer } from './redis-server';
 
 export default async function globalTeardown(): Promise<void> {
-  const child = (globalThis as Record<string, unknown>).__PERIMETER_REDIS__ as ChildProcess | undefined;
-  if (child && child.exitCode === null) {
-    child.kill('SIGTERM');
-    await new Promise((resolve) => child.once('exit', resolve));
-  }
+  const server = (globalThis as Record<string, unknown>).__PERIMETER_REDIS__ as OwnRedisServer | undefined;
+  await server?.stop();
 }

@@ -10,7 +10,7 @@ export const hasRedisServer = spawnSync('redis-server', ['--version']).status ==
 
 /**
  * A redis-server of the test's own, on a free port, so stopping it (to prove fail modes) never
- * disturbs the shared test Redis other suites use. Same spawn approach as global-setup.ts.
+ * disturbs the shared test Redis other suites use (global-setup.ts starts that one the same way).
  */
 export class OwnRedisServer {
   readonly port: number;

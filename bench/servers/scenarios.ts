@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHmac, randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import type { ErrorRequestHandler, Express, RequestHandler } from 'express';
 import type * as Perimeter from '../../index';
@@ -48,6 +48,17 @@ export function nullStream(): Writable {
 // limits are raised far above what a 5 s round sends; the limiter still runs for every request.
 const UNREACHABLE_LIMIT = 1e9;
 
+const BENCH_SECRET = 'bench-secret-bench-secret-bench-secret!';
+// HS256 over {"sub":"u1","plan":"pro"} with BENCH_SECRET, no expiry: the same token every request.
+const BENCH_JWT = signHs256({ sub: 'u1', plan: 'pro' }, BENCH_SECRET);
+
+function signHs256(claims: Record<string, unknown>, secret: string): string {
+  const part = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  const body = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${body}.${createHmac('sha256', secret).update(body).digest('base64url')}`;
+}
+
+
 /**
  * `createStack()` defaults as the bench runs them: info logs formatted into a null stream, the
  * rate limit out of reach. `extra` adds or overrides stack options (auth keys, a Redis URL…).
@@ -91,6 +102,76 @@ export const SCENARIOS: Record<string, Scenario> = {
       const stack = benchStack(lib);
       app.use(stack);
       app.use('/games', lib.perimeter.cache({ ttl: 60 }));
+      return { after: stack.errorHandler, close: () => stack.close() };
+    },
+  },
+
+  // What each access-control and governance middleware costs against the foundation alone
+  // (issue 3's middleware: no ipFilter, sanitize, rate limit, cache or audit).
+  foundation: {
+    description: 'createStack() with the foundation only: requestId, requestLogger, metrics, securityHeaders, sizeLimit, timeout, bodyParser',
+    setup(app, lib) {
+      const stack = benchStack(lib, { ipFilter: false, rateLimit: false, sanitize: false, cache: false, auditLog: false });
+      app.use(stack);
+      return { after: stack.errorHandler, close: () => stack.close() };
+    },
+  },
+
+  'foundation+ipFilter': {
+    description: 'foundation + ipFilter with a 10-entry deny list and run-time blocks',
+    setup(app, lib) {
+      const deny = Array.from({ length: 10 }, (_, i) => `10.${i}.0.0/16`);
+      const stack = benchStack(lib, { rateLimit: false, sanitize: false, cache: false, auditLog: false, ipFilter: { deny } });
+      app.use(stack);
+      return { after: stack.errorHandler, close: () => stack.close() };
+    },
+  },
+
+  'foundation+sanitize': {
+    description: 'foundation + sanitize (defaults) on a request with a 3-field query string',
+    request: { path: '/games/1?search=chess&sort=name&page=2' },
+    setup(app, lib) {
+      const stack = benchStack(lib, { ipFilter: false, rateLimit: false, cache: false, auditLog: false });
+      app.use(stack);
+      return { after: stack.errorHandler, close: () => stack.close() };
+    },
+  },
+
+  'foundation+auth-apikey': {
+    description: 'foundation + auth with an X-API-Key (SHA-256 lookup)',
+    request: { headers: { 'X-API-Key': 'bench-key' } },
+    setup(app, lib) {
+      const auth = { apiKeys: [{ key: 'bench-key', name: 'bench', tier: 'pro', userId: 'u1' }] };
+      const stack = benchStack(lib, { ipFilter: false, rateLimit: false, sanitize: false, cache: false, auditLog: false, auth });
+      app.use(stack);
+      return { after: stack.errorHandler, close: () => stack.close() };
+    },
+  },
+
+  'foundation+auth-jwt': {
+    description: 'foundation + auth with an HS256 Bearer token (verified-token cache on, as by default)',
+    request: { headers: { Authorization: `Bearer ${BENCH_JWT}` } },
+    setup(app, lib) {
+      const auth = { jwt: { secret: BENCH_SECRET } };
+      const stack = benchStack(lib, { ipFilter: false, rateLimit: false, sanitize: false, cache: false, auditLog: false, auth });
+      app.use(stack);
+      return { after: stack.errorHandler, close: () => stack.close() };
+    },
+  },
+
+  'stack+tenant+flags': {
+    description: "'stack' + tenant (header, 2 tenants) + featureFlags (5 flags, one exposed)",
+    request: { headers: { 'X-Tenant-ID': 'acme' } },
+    setup(app, lib) {
+      const flags = {
+        a: { percentage: 30 },
+        b: { plans: ['pro'] },
+        c: { countries: ['US'] },
+        d: { beta: true },
+        e: { expose: true },
+      };
+      const stack = benchStack(lib, { tenant: { from: ['header'], tenants: { acme: {}, globex: {} } }, featureFlags: { flags } });
+      app.use(stack);
       return { after: stack.errorHandler, close: () => stack.close() };
     },
   },
