@@ -93,4 +93,14 @@ describeRedis('redis connection', () => {
     expect(lines.filter((l) => l.code === 'ERR_REDIS_UNAVAILABLE')).toHaveLength(1);
     stores.connection.client.disconnect();
   });
+
+  it('runs scripts again after SCRIPT FLUSH (EVALSHA answered NOSCRIPT, so EVAL is sent)', async () => {
+    const stores = new RedisStores(redisUrl as string, { logger: recordingLogger().logger, prefix: uniquePrefix() });
+    const counter = stores.counter('c');
+    expect((await counter.increment('k', 10_000)).count).toBe(1);
+    await stores.connection.client.script('FLUSH');
+    expect((await counter.increment('k', 10_000)).count).toBe(2);
+    expect((await counter.increment('k', 10_000)).count).toBe(3);
+    await stores.close();
+  });
 });

@@ -136,17 +136,23 @@ export class RedisConnection {
   script(lua: string, numberOfKeys: number): (keys: string[], args: Array<string | number>, timeoutMs?: number) => Promise<unknown> {
     const sha = createHash('sha1').update(lua).digest('hex');
     const client = this.client as Redis;
-    // Calling evalsha directly skips ioredis's custom-command wrapper, measurable at rate-limit rates.
-    const call = (keys: string[], args: Array<string | number>): Promise<unknown> =>
-      client.evalsha(sha, numberOfKeys, ...keys, ...args).catch((err: Error) => {
-        if (typeof err?.message === 'string' && err.message.startsWith('NOSCRIPT')) return client.eval(lua, numberOfKeys, ...keys, ...args);
-        throw err;
-      });
-    return (keys, args, timeoutMs) => this.run(() => call(keys, args), timeoutMs);
+    // evalsha directly (not ioredis's custom-command wrapper, measurable at rate-limit rates); the
+    // NOSCRIPT fallback runs in run()'s error path, so the common case allocates no extra promise.
+    const recover = (err: Error, keys: string[], args: Array<string | number>): Promise<unknown> | undefined =>
+      typeof err?.message === 'string' && err.message.startsWith('NOSCRIPT') ? client.eval(lua, numberOfKeys, ...keys, ...args) : undefined;
+    return (keys, args, timeoutMs) =>
+      this.run(
+        () => client.evalsha(sha, numberOfKeys, ...keys, ...args),
+        timeoutMs,
+        (err) => recover(err, keys, args),
+      );
   }
 
-  /** Runs one command with the timeout, tracking outages and recoveries for the log. */
-  run<T>(command: () => Promise<T>, timeoutMs = this.commandTimeout): Promise<T> {
+  /**
+   * Runs one command with the timeout, tracking outages and recoveries for the log. `recover`
+   * may turn a failure into a second attempt (a promise) within the same deadline.
+   */
+  run<T>(command: () => Promise<T>, timeoutMs = this.commandTimeout, recover?: (err: Error) => Promise<T> | undefined): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const pending: PendingCall = { deadline: performance.now() + timeoutMs, timeoutMs, done: false, reject };
       this.deadlines.track(pending);
@@ -156,21 +162,24 @@ export class RedisConnection {
       } catch (err) {
         started = Promise.reject(err);
       }
-      started.then(
-        (value) => {
-          if (pending.done) return;
-          pending.done = true;
-          if (!this.healthy) this.markUp();
-          resolve(value);
-        },
-        (err: Error) => {
-          // A command that fails after its timeout was already reported; nobody waits for it.
-          if (pending.done) return;
-          pending.done = true;
-          this.markDown(err);
-          reject(err);
-        },
-      );
+      const succeed = (value: T): void => {
+        if (pending.done) return;
+        pending.done = true;
+        if (!this.healthy) this.markUp();
+        resolve(value);
+      };
+      const fail = (err: Error): void => {
+        // A command that fails after its timeout was already reported; nobody waits for it.
+        if (pending.done) return;
+        pending.done = true;
+        this.markDown(err);
+        reject(err);
+      };
+      started.then(succeed, (err: Error) => {
+        const retried = pending.done ? undefined : recover?.(err);
+        if (retried === undefined) fail(err);
+        else retried.then(succeed, fail);
+      });
     });
   }
 
