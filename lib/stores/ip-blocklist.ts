@@ -280,6 +280,8 @@ class RedisIpBlocklist implements IpBlocklist {
     try {
       await this.conn.run(() => this.subscriber.subscribe(this.channel));
       this.subscribed = true;
+      // close() ran while SUBSCRIBE was in flight and found nothing to undo: undo it here.
+      if (this.closed) await this.conn.run(() => this.subscriber.unsubscribe(this.channel)).catch(() => undefined);
     } catch {
       // Retried when the subscriber connection is (back) up.
     }
