@@ -65,6 +65,12 @@ describe('requestId', () => {
     expect(junk.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
   });
 
+  it('leaves getContext() undefined, and req.context working, with asyncContext: false', async () => {
+    const res = await request(app({ asyncContext: false })).get('/').expect(200);
+    const id = res.headers['x-request-id'];
+    expect(res.body).toEqual({ id, contextId: id });
+  });
+
   it('ignores incoming ids when trustIncoming is false', async () => {
     const res = await request(app({ trustIncoming: false })).get('/').set('X-Request-ID', 'client-id').expect(200);
     expect(res.headers['x-request-id']).not.toBe('client-id');

@@ -89,6 +89,15 @@ export const SCENARIOS: Record<string, Scenario> = {
     },
   },
 
+  'stack-no-async-context': {
+    description: "'stack' with requestId: { asyncContext: false } (no AsyncLocalStorage: getContext() off, req.context kept)",
+    setup(app, lib) {
+      const stack = benchStack(lib, { requestId: { asyncContext: false } });
+      app.use(stack);
+      return { after: stack.errorHandler, close: () => stack.close() };
+    },
+  },
+
   'cache-hit': {
     description: 'bare Express + cache({ ttl: 60 }) on the route alone: every request after the first is a memory cache hit',
     setup(app, { perimeter }) {
