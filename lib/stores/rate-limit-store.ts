@@ -246,7 +246,7 @@ export const RATE_LIMIT_SCRIPTS: Readonly<Record<RateLimitAlgorithm, string>> = 
   'fixed-window': FIXED_WINDOW,
 };
 
-type ScriptCall = (keys: string[], args: Array<string | number>, timeoutMs?: number) => Promise<unknown>;
+type ScriptCall = ReturnType<RedisConnection['script']>;
 
 /** One EVALSHA per decision, on Redis's clock. */
 export class RedisRateLimitStore implements RateLimitStore {
@@ -271,11 +271,9 @@ export class RedisRateLimitStore implements RateLimitStore {
     const base = this.connection.key(this.namespace, id);
     const clock = this.clockForTests === undefined ? 0 : Math.floor(this.clockForTests());
     const args = [policy.limit, policy.windowMs, policy.burst, cost, policy.daily, clock];
-    const call =
-      policy.daily > 0
-        ? this.withDaily[policy.algorithm]([`${base}:w`, `${base}:d`], args, timeoutMs)
-        : this.windowOnly[policy.algorithm]([`${base}:w`], args, timeoutMs);
-    return call.then(toDecision);
+    return policy.daily > 0
+      ? this.withDaily[policy.algorithm]([`${base}:w`, `${base}:d`], args, timeoutMs, toDecision)
+      : this.windowOnly[policy.algorithm]([`${base}:w`], args, timeoutMs, toDecision);
   }
 
   async reset(id: string): Promise<void> {
