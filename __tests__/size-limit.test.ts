@@ -4,8 +4,8 @@ import { Writable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import type { Express, Request } from 'express';
 import request from 'supertest';
-import { ConfigError, createStack, errorNormalizer, sizeLimit, type StackConfig } from '../index';
-import { eventually, newApp, recordingLogger } from './helpers/app';
+import { ConfigError, createStack, errorNormalizer, sizeLimit } from '../index';
+import { closeStacks, eventually, newApp, recordingLogger, stackApp } from './helpers/app';
 
 interface RawResponse {
   status: number;
@@ -101,21 +101,7 @@ function sink(): Writable & { bytes: number; finished: boolean } {
   return w;
 }
 
-const stacks: Array<ReturnType<typeof createStack>> = [];
-afterEach(async () => {
-  await Promise.all(stacks.splice(0).map((s) => s.close()));
-});
-
-function stackApp(config: StackConfig, routes: (app: Express) => void) {
-  const { logger, lines } = recordingLogger();
-  const stack = createStack({ logger, rateLimit: false, ...config });
-  stacks.push(stack);
-  const app = newApp();
-  app.use(stack);
-  routes(app);
-  app.use(stack.errorHandler);
-  return { app, stack, lines };
-}
+afterEach(closeStacks);
 
 describe('sizeLimit: Content-Length', () => {
   it('answers 413 from Content-Length before reading a byte of the body', async () => {
@@ -406,9 +392,8 @@ describe('sizeLimit: tiers', () => {
   });
 
   it('puts the tier check right after sizeLimit when auth is off, and adds none without tiers', () => {
-    const stack = createStack({ logger: recordingLogger().logger, sizeLimit: { tiers: { pro: '5mb' } } });
-    const plain = createStack({ logger: recordingLogger().logger });
-    stacks.push(stack, plain);
+    const { stack } = stackApp({ rateLimit: undefined, sizeLimit: { tiers: { pro: '5mb' } } }, () => undefined);
+    const { stack: plain } = stackApp({ rateLimit: undefined }, () => undefined);
     expect(stack.order[stack.order.indexOf('sizeLimit') + 1]).toBe('sizeLimitTier');
     expect(plain.order).not.toContain('sizeLimitTier');
     // On by default, in the documented place: ipFilter → sizeLimit → timeout → bodyParser.

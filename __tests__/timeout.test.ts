@@ -1,8 +1,8 @@
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import type { Express, NextFunction, Request, RequestHandler, Response } from 'express';
-import { ClientClosedRequestError, ConfigError, createStack, errorNormalizer, requestId, timeout, type StackConfig } from '../index';
-import { EXPRESS_MAJOR, newApp, recordingLogger } from './helpers/app';
+import { ClientClosedRequestError, ConfigError, errorNormalizer, requestId, timeout } from '../index';
+import { closeStacks, EXPRESS_MAJOR, newApp, stackApp } from './helpers/app';
 
 // Deadlines run on jest's fake clock; sockets, nextTick and setImmediate stay real so HTTP works.
 beforeEach(() => {
@@ -73,21 +73,7 @@ function asyncHandler(fn: (req: Request, res: Response, next: NextFunction) => P
   return (req, res, next) => void fn(req, res, next).catch(next);
 }
 
-const stacks: Array<ReturnType<typeof createStack>> = [];
-afterEach(async () => {
-  await Promise.all(stacks.splice(0).map((s) => s.close()));
-});
-
-function stackApp(config: StackConfig, routes: (app: Express) => void) {
-  const { logger, lines } = recordingLogger();
-  const stack = createStack({ logger, rateLimit: false, ...config });
-  stacks.push(stack);
-  const app = newApp();
-  app.use(stack);
-  routes(app);
-  app.use(stack.errorHandler);
-  return { app, stack, lines };
-}
+afterEach(closeStacks);
 
 describe('timeout', () => {
   it('answers 504 GATEWAY_TIMEOUT in the error envelope with the request id, and aborts req.signal', async () => {

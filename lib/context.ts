@@ -35,6 +35,8 @@ export class RequestContext {
   private readonly req: Request;
   private readonly baseLogger: Logger;
   private deviceValue?: Device;
+  private ipValue?: string;
+  private ipRead = false;
   private logValue?: Logger;
   private logKey?: string;
 
@@ -46,9 +48,13 @@ export class RequestContext {
     this.baseLogger = logger;
   }
 
-  /** Client IP as Express sees it (`req.ip`, so `trust proxy` applies). */
+  /** Client IP as Express sees it (`req.ip`, so `trust proxy` applies), computed on first read only. */
   get ip(): string | undefined {
-    return this.req.ip;
+    if (!this.ipRead) {
+      this.ipValue = this.req.ip;
+      this.ipRead = true;
+    }
+    return this.ipValue;
   }
 
   /** The User-Agent header. */

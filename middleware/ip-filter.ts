@@ -11,6 +11,7 @@ import { loggerOf, runtimeOf, standaloneRuntime, type PerimeterRuntime } from '.
 import { ipBlocklistStore, type IpBlock, type IpBlocklist } from '../lib/stores/ip-blocklist';
 import type { CounterStore, Stores } from '../lib/stores/types';
 import { describe, parseDuration } from '../lib/units';
+import { clientIp } from '../lib/client-ip';
 
 export type { IpBlock } from '../lib/stores/ip-blocklist';
 
@@ -92,7 +93,7 @@ interface FilterState {
 
 /**
  * Refuses requests by client IP with 403 IP_BLOCKED: run-time blocks (`block()`, `autoBan`),
- * then `deny` lists, then `allow` lists, globally and per path prefix. The IP is Express's `req.ip`,
+ * then `deny` lists, then `allow` lists, globally and per path prefix. The IP is Express's `req.ip` (read once per request through `clientIp`),
  * so `trust proxy` decides whether X-Forwarded-For counts; the raw header never does.
  */
 export function ipFilter(options: IpFilterOptions = {}): IpFilterHandler {
@@ -143,7 +144,7 @@ export function createIpFilter(options: IpFilterOptions = {}, stackRuntime?: Per
   const checkRules = compileRules(allow, deny, pathRules);
 
   function filter(req: Request, res: Response, next: NextFunction, state: FilterState): void {
-    const ip = canonicalIp(req.ip);
+    const ip = canonicalIp(clientIp(req));
     const reason: IpFilterReason | undefined = state.blocklist.isBlocked(ip) ? 'blocked' : checkRules(ip, req);
     if (reason !== undefined) {
       state.refusals.inc({ reason });
@@ -157,7 +158,7 @@ export function createIpFilter(options: IpFilterOptions = {}, stackRuntime?: Per
   function countRefusal(_err: Error | null, res: Response): void {
     if (autoBan === undefined || !autoBan.statuses.has(res.statusCode)) return;
     const req = res.req;
-    const ip = canonicalIp(req.ip);
+    const ip = canonicalIp(clientIp(req));
     if (ip === '') return;
     const state = homeState ?? stateFor(runtimeOf(req));
     const logger = ownLogger ?? loggerOf(req);

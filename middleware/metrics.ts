@@ -9,6 +9,7 @@ import { counter, gauge, histogram } from '../lib/metrics-registry';
 import { checkOptions } from '../lib/options';
 import { routeTemplate } from '../lib/route-template';
 import { perRuntime } from '../lib/runtime';
+import { clientIp } from '../lib/client-ip';
 
 /** Options of {@link metrics}. */
 export interface MetricsOptions {
@@ -16,7 +17,7 @@ export interface MetricsOptions {
   path?: string | false;
   /** Bearer token a scraper must send (`Authorization: Bearer <token>`) to read `path`; compared in constant time. Defaults to none. */
   token?: string;
-  /** Addresses and CIDRs allowed to read `path`, matched against `req.ip` (so `trust proxy` applies). Defaults to any. */
+  /** Addresses and CIDRs allowed to read `path`, matched against `clientIp(req)` (so `trust proxy` applies). Defaults to any. */
   allow?: string[];
   /** Collect prom-client's default process metrics (CPU, memory, event loop lag, GC), once per registry. Defaults to true. */
   defaultMetrics?: boolean;
@@ -144,7 +145,7 @@ export function createMetrics(options: MetricsOptions = {}, registry?: Registry)
   const seriesOf = fixed === undefined ? perRuntime((runtime) => build(runtime.registry)) : () => fixed;
   const scrapePath = path === false ? undefined : path;
   const refusal = (req: Request): ForbiddenError | AuthenticationError | undefined => {
-    if (allow !== undefined && !allow.has(req.ip)) return new ForbiddenError('Metrics are not served to this address.');
+    if (allow !== undefined && !allow.has(clientIp(req))) return new ForbiddenError('Metrics are not served to this address.');
     return tokenDigest === undefined ? undefined : bearerProblem(req.headers.authorization, tokenDigest);
   };
 

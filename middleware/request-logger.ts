@@ -3,6 +3,7 @@ import onFinished from 'on-finished';
 import { checkOptions, oneOf } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import type { Logger } from '../lib/logger';
+import { clientIp } from '../lib/client-ip';
 
 /** Options of {@link requestLogger}. */
 export interface RequestLoggerOptions {
@@ -50,7 +51,7 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
         path: req.originalUrl === undefined ? req.path : pathOf(req.originalUrl),
         status_code: status,
         duration_ms: durationMs,
-        ip: req.ip,
+        ip: clientIp(req),
         user_agent: req.headers['user-agent'],
         device: ctx?.device,
         user_id: ctx?.user?.id ?? req.user?.id,
@@ -67,7 +68,7 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
           requestUrl: req.originalUrl,
           status,
           userAgent: req.headers['user-agent'],
-          remoteIp: req.ip,
+          remoteIp: clientIp(req),
           latency: `${(durationMs / 1000).toFixed(3)}s`,
         };
         if (ctx?.traceId) line['logging.googleapis.com/trace'] = gcpProject ? `projects/${gcpProject}/traces/${ctx.traceId}` : ctx.traceId;

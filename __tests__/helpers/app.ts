@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import type { Express } from 'express';
 import winston from 'winston';
+import { createStack, type StackConfig } from '../../lib/create-stack';
 import type { Logger } from '../../lib/logger';
 
 /** Express as the run asks for it: EXPRESS_MAJOR=4 tests Express 4, otherwise Express 5. */
@@ -59,4 +60,26 @@ export async function eventually(check: () => void | Promise<void>, ms = 2000): 
       await new Promise((r) => setTimeout(r, 20));
     }
   }
+}
+
+const openStacks: Array<{ close(): Promise<void> }> = [];
+
+/**
+ * An app with `createStack(config)` (logger recorded, rate limit off unless configured) in front
+ * of `routes` and its error handler after them. Call {@link closeStacks} in afterEach.
+ */
+export function stackApp(config: StackConfig, routes: (app: Express) => void) {
+  const { logger, lines } = recordingLogger();
+  const stack = createStack({ logger, rateLimit: false, ...config });
+  openStacks.push(stack);
+  const app = newApp();
+  app.use(stack);
+  routes(app);
+  app.use(stack.errorHandler);
+  return { app, stack, lines };
+}
+
+/** Closes every stack {@link stackApp} made since the last call. */
+export async function closeStacks(): Promise<void> {
+  await Promise.all(openStacks.splice(0).map((s) => s.close()));
 }

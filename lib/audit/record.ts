@@ -3,6 +3,7 @@ import { redact } from '../redact';
 import { UNMATCHED_ROUTE, routeTemplate } from '../route-template';
 import type { ChainFields } from './chain';
 import { eventName, resourceFromPath, templateInfo, type TemplateInfo } from './event-name';
+import { clientIp } from '../client-ip';
 
 /** One audit record: who did what to which resource, when, from where, and how it ended. */
 export interface AuditRecord extends ChainFields {
@@ -86,7 +87,7 @@ export function buildRecord(req: Request, res: Response, state: AuditRequestStat
     tenant_id: scalar(tenantId),
     action: `${method} ${path}`,
     route,
-    ip: req.ip ?? req.socket?.remoteAddress ?? null,
+    ip: clientIp(req) ?? req.socket?.remoteAddress ?? null,
     status: aborted && !res.headersSent ? 499 : res.statusCode,
     resource_id: resourceId(req, info, path, state.responseBody),
     request_id: req.id ?? req.context?.requestId ?? null,

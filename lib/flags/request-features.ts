@@ -2,6 +2,7 @@ import type { Request } from 'express';
 import type { RequestFeatures } from '../../types/express-augment';
 import type { CompiledFlag, FlagSet } from './definition';
 import { evaluateFlag, type FlagResult, type FlagSubject } from './evaluate';
+import { clientIp } from '../client-ip';
 
 /** The CDN headers a country is read from, in order. */
 export const DEFAULT_COUNTRY_HEADERS = ['CF-IPCountry', 'CloudFront-Viewer-Country', 'X-Country'];
@@ -55,7 +56,7 @@ export class RequestFeatureSet implements RequestFeatures, FlagSubject {
   get ip(): string | undefined {
     if (!this.ipRead) {
       this.ipRead = true;
-      this.ipValue = this.req.ip;
+      this.ipValue = clientIp(this.req);
     }
     return this.ipValue;
   }

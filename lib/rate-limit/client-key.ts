@@ -4,6 +4,7 @@ import type ipaddr from 'ipaddr.js';
 import { ConfigError } from '../errors';
 import { parseIp } from '../ip-list';
 import { describe } from '../units';
+import { clientIp } from '../client-ip';
 
 /** What a rate limit counts per: a built-in kind, or a function returning the client's id. */
 export type RateLimitKey = 'ip' | 'user' | 'apiKey' | 'tenant' | ((req: Request) => string | number | undefined | null);
@@ -47,16 +48,16 @@ export function clientKey(option: RateLimitKey | undefined): ClientKey {
         const key = apiKeyId(req);
         if (key !== undefined) return scoped(req, `key:${key}`);
         const user = req.user?.id;
-        return scoped(req, user === undefined || user === null || user === '' ? `ip:${ipKey(req.ip)}` : `user:${String(user)}`);
+        return scoped(req, user === undefined || user === null || user === '' ? `ip:${ipKey(clientIp(req))}` : `user:${String(user)}`);
       },
       type: (req) => (apiKeyId(req) !== undefined ? 'apiKey' : hasValue(req.user?.id) ? 'user' : 'ip'),
     };
   }
-  if (option === 'ip') return { id: (req) => scoped(req, `ip:${ipKey(req.ip)}`), type: () => 'ip' };
+  if (option === 'ip') return { id: (req) => scoped(req, `ip:${ipKey(clientIp(req))}`), type: () => 'ip' };
   if (option === 'user') {
     // Anonymous requests fall back to their address rather than sharing one bucket.
     return {
-      id: (req) => scoped(req, hasValue(req.user?.id) ? `user:${String(req.user?.id)}` : `ip:${ipKey(req.ip)}`),
+      id: (req) => scoped(req, hasValue(req.user?.id) ? `user:${String(req.user?.id)}` : `ip:${ipKey(clientIp(req))}`),
       type: (req) => (hasValue(req.user?.id) ? 'user' : 'ip'),
     };
   }
@@ -64,7 +65,7 @@ export function clientKey(option: RateLimitKey | undefined): ClientKey {
     return {
       id: (req) => {
         const key = apiKeyId(req);
-        return scoped(req, key !== undefined ? `key:${key}` : `ip:${ipKey(req.ip)}`);
+        return scoped(req, key !== undefined ? `key:${key}` : `ip:${ipKey(clientIp(req))}`);
       },
       type: (req) => (apiKeyId(req) !== undefined ? 'apiKey' : 'ip'),
     };
@@ -72,7 +73,7 @@ export function clientKey(option: RateLimitKey | undefined): ClientKey {
   if (option === 'tenant') {
     // The tenant is the key itself here, so it is not joined a second time.
     return {
-      id: (req) => bounded(hasValue(req.tenant?.id) ? `tenant:${String(req.tenant?.id)}` : `ip:${ipKey(req.ip)}`),
+      id: (req) => bounded(hasValue(req.tenant?.id) ? `tenant:${String(req.tenant?.id)}` : `ip:${ipKey(clientIp(req))}`),
       type: (req) => (hasValue(req.tenant?.id) ? 'tenant' : 'ip'),
     };
   }
@@ -80,7 +81,7 @@ export function clientKey(option: RateLimitKey | undefined): ClientKey {
     return {
       id: (req) => {
         const value = option(req);
-        return scoped(req, hasValue(value) ? `custom:${String(value)}` : `ip:${ipKey(req.ip)}`);
+        return scoped(req, hasValue(value) ? `custom:${String(value)}` : `ip:${ipKey(clientIp(req))}`);
       },
       type: () => 'custom',
     };

@@ -2,6 +2,7 @@ import type { MemoryStores } from './memory';
 import type { RedisStores } from './redis';
 import type { RedisConnection } from './redis-connection';
 import type { StoreFactory } from './types';
+import { LUA_NOW_MS } from './lua';
 
 /** One announced transition of a named breaker, as every instance receives it. */
 export interface BreakerAnnouncement {
@@ -68,9 +69,7 @@ class MemoryBreakerStateStore implements BreakerStateStore {
 // on Redis's clock. `gen` only grows: at least Redis's time in ms, so a key that expired and came
 // back still outranks every announcement made before.
 const ANNOUNCE = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') + 1
+${LUA_NOW_MS}local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') + 1
 if gen < now then gen = now end
 local remaining = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'gen', gen, 'changedAt', now, 'until', now + remaining, 'origin', ARGV[5])
@@ -82,9 +81,7 @@ return gen
 const LOAD = `
 local h = redis.call('HMGET', KEYS[1], 'state', 'until', 'gen', 'origin')
 if not h[1] then return false end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return {h[1], tonumber(h[2]) - now, tonumber(h[3]), h[4]}
+${LUA_NOW_MS}return {h[1], tonumber(h[2]) - now, tonumber(h[3]), h[4]}
 `;
 
 const CHANNEL = 'circuitBreaker';

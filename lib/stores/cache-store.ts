@@ -6,6 +6,7 @@ import type { MemoryStores } from './memory';
 import type { RedisStores } from './redis';
 import type { RedisConnection } from './redis-connection';
 import type { PubSub, StoreFactory } from './types';
+import { LUA_NOW_MS } from './lua';
 
 /** One stored response, as the `cache` middleware replays it. */
 export interface CachedResponse {
@@ -283,9 +284,7 @@ for i = 1, n do
   local at = redis.call('GET', KEYS[i])
   if at and tonumber(at) > ticket then return 0 end
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local life = tonumber(ARGV[3])
+${LUA_NOW_MS}local life = tonumber(ARGV[3])
 for i = n + 1, 2 * n do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
   redis.call('ZADD', KEYS[i], now + life, ARGV[2])

@@ -4,6 +4,7 @@ import type { MemoryStores } from './memory';
 import type { RedisStores } from './redis';
 import type { RedisConnection } from './redis-connection';
 import type { StoreFactory } from './types';
+import { LUA_NOW_MS, LUA_ZADD_EXPIRING } from './lua';
 
 /** One run-time block: the canonical IP and when the block ends (epoch ms on this instance's clock, or null for never). */
 export interface IpBlock {
@@ -117,15 +118,7 @@ class MemoryIpBlocklist implements IpBlocklist {
 // The sorted set holds ip → expiry on Redis's clock (+inf for never). Writing and publishing in one
 // script makes the change and its announcement atomic: no instance can see one without the other.
 const BLOCK = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-else
-  redis.call('ZADD', KEYS[1], '+inf', ARGV[1])
-end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+${LUA_NOW_MS}${LUA_ZADD_EXPIRING}redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 `;
 
@@ -138,9 +131,7 @@ return removed
 // Returns Redis's clock with the members, so expiries convert to this instance's clock whatever
 // the skew between the two.
 const LOAD = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+${LUA_NOW_MS}redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return {now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
 `;
 

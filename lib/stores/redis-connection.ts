@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import Redis, { Cluster } from 'ioredis';
 import { ConfigError } from '../errors';
 import type { Logger } from '../logger';
+import { WARNINGS } from '../warnings';
 
 /** What `createStack({ redis })` accepts: a URL, or an ioredis client or Cluster the user owns. */
 export type RedisOption = string | Redis | Cluster;
@@ -231,7 +232,7 @@ export class RedisConnection {
   private markDown(err: Error): void {
     if (!this.healthy) return;
     this.healthy = false;
-    this.logger.warn('Redis is unavailable; stores follow their configured fail mode until it answers again', {
+    this.logger.warn(WARNINGS.ERR_REDIS_UNAVAILABLE, {
       code: 'ERR_REDIS_UNAVAILABLE',
       err: { name: err.name, message: err.message },
     });
@@ -240,7 +241,7 @@ export class RedisConnection {
   private markUp(): void {
     if (this.healthy) return;
     this.healthy = true;
-    this.logger.info('Redis answers again; stores are back on Redis', { code: 'ERR_REDIS_RECOVERED' });
+    this.logger.info(WARNINGS.ERR_REDIS_RECOVERED, { code: 'ERR_REDIS_RECOVERED' });
   }
 }
 

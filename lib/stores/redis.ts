@@ -10,6 +10,7 @@ import type {
   StoreFactory,
   Stores,
 } from './types';
+import { LUA_NOW_MS, LUA_ZADD_EXPIRING } from './lua';
 
 // Every script reads Redis's own TIME, so instances whose clocks disagree still agree on windows.
 
@@ -25,23 +26,13 @@ return {count, ttl, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
 `;
 
 const SET_ADD = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-if ttl > 0 then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-else
-  redis.call('ZADD', KEYS[1], '+inf', ARGV[1])
-end
-return 1
+${LUA_NOW_MS}${LUA_ZADD_EXPIRING}return 1
 `;
 
 const SET_HAS = `
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then return 0 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if score ~= 'inf' and tonumber(score) <= now then
+${LUA_NOW_MS}if score ~= 'inf' and tonumber(score) <= now then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return 0
 end
@@ -49,9 +40,7 @@ return 1
 `;
 
 const SET_MEMBERS = `
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+${LUA_NOW_MS}redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 `;
 
