@@ -31,31 +31,65 @@ interface PendingCall {
   reject: (err: Error) => void;
 }
 
+interface DeadlineQueue {
+  items: Array<PendingCall | undefined>;
+  head: number;
+}
+
 /**
  * Command deadlines with one timer per connection instead of one per call: calls are kept in
  * FIFO queues per timeout length (so each queue is ordered by deadline) and a sweep rejects the
  * overdue ones. A deadline fires up to a quarter of its length late (at most 25 ms).
+ *
+ * Replies on one connection come back in the order the commands went out, so a settled call is
+ * almost always at the head of its queue: `settle` drops it (and every settled call behind it) at
+ * once. Calls are then released while still young; kept until the next sweep, tens of thousands
+ * of them per second outlived V8's young generation and made every collection dearer.
  */
 class Deadlines {
-  private readonly queues = new Map<number, { items: PendingCall[]; head: number }>();
+  private readonly queues = new Map<number, DeadlineQueue>();
+  private lastTimeout = -1;
+  private lastQueue?: DeadlineQueue;
   private timer?: NodeJS.Timeout;
   private tick = 25;
   private count = 0;
 
   constructor(private readonly expire: (call: PendingCall) => void) {}
 
-  track(call: PendingCall): void {
-    let queue = this.queues.get(call.timeoutMs);
+  track(call: PendingCall): DeadlineQueue {
+    let queue = call.timeoutMs === this.lastTimeout ? this.lastQueue : this.queues.get(call.timeoutMs);
     if (queue === undefined) {
       queue = { items: [], head: 0 };
       this.queues.set(call.timeoutMs, queue);
       this.tick = Math.max(1, Math.min(this.tick, Math.floor(call.timeoutMs / 4)));
     }
+    this.lastTimeout = call.timeoutMs;
+    this.lastQueue = queue;
     queue.items.push(call);
     this.count++;
     if (this.timer === undefined) {
       this.timer = setInterval(() => this.sweep(), this.tick);
       this.timer.unref();
+    }
+    return queue;
+  }
+
+  /** Marks `call` answered and releases the answered calls at the head of its queue. */
+  settle(call: PendingCall, queue: DeadlineQueue): void {
+    call.done = true;
+    const { items } = queue;
+    let head = queue.head;
+    while (head < items.length && (items[head] as PendingCall).done) {
+      items[head++] = undefined;
+      this.count--;
+    }
+    queue.head = head;
+    if (head === items.length) {
+      items.length = 0;
+      queue.head = 0;
+    } else if (head > 1024 && head * 2 > items.length) {
+      items.splice(0, head);
+      queue.head = 0;
     }
   }
 
@@ -64,16 +98,19 @@ class Deadlines {
     for (const queue of this.queues.values()) {
       const { items } = queue;
       while (queue.head < items.length) {
-        const call = items[queue.head];
+        const call = items[queue.head] as PendingCall;
         if (!call.done && call.deadline > now) break;
-        queue.head++;
+        items[queue.head++] = undefined;
         this.count--;
         if (!call.done) {
           call.done = true;
           this.expire(call);
         }
       }
-      if (queue.head > 1024 && queue.head * 2 > items.length) {
+      if (queue.head === items.length) {
+        items.length = 0;
+        queue.head = 0;
+      } else if (queue.head > 1024 && queue.head * 2 > items.length) {
         items.splice(0, queue.head);
         queue.head = 0;
       }
@@ -146,10 +183,10 @@ export class RedisConnection {
     return <T>(keys: string[], args: Array<string | number>, timeoutMs = this.commandTimeout, map?: (reply: unknown) => T) =>
       new Promise<T>((resolve, reject) => {
         const pending: PendingCall = { deadline: performance.now() + timeoutMs, timeoutMs, done: false, reject };
-        this.deadlines.track(pending);
+        const queue = this.deadlines.track(pending);
         const succeed = (reply: unknown): void => {
           if (pending.done) return;
-          pending.done = true;
+          this.deadlines.settle(pending, queue);
           if (!this.healthy) this.markUp();
           try {
             resolve(map === undefined ? (reply as T) : map(reply));
@@ -159,7 +196,7 @@ export class RedisConnection {
         };
         const fail = (err: Error): void => {
           if (pending.done) return;
-          pending.done = true;
+          this.deadlines.settle(pending, queue);
           this.markDown(err);
           reject(err);
         };
@@ -180,7 +217,7 @@ export class RedisConnection {
   run<T>(command: () => Promise<T>, timeoutMs = this.commandTimeout, recover?: (err: Error) => Promise<T> | undefined): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const pending: PendingCall = { deadline: performance.now() + timeoutMs, timeoutMs, done: false, reject };
-      this.deadlines.track(pending);
+      const queue = this.deadlines.track(pending);
       let started: Promise<T>;
       try {
         started = command();
@@ -189,14 +226,14 @@ export class RedisConnection {
       }
       const succeed = (value: T): void => {
         if (pending.done) return;
-        pending.done = true;
+        this.deadlines.settle(pending, queue);
         if (!this.healthy) this.markUp();
         resolve(value);
       };
       const fail = (err: Error): void => {
         // A command that fails after its timeout was already reported; nobody waits for it.
         if (pending.done) return;
-        pending.done = true;
+        this.deadlines.settle(pending, queue);
         this.markDown(err);
         reject(err);
       };
