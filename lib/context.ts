@@ -3,6 +3,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Request } from 'express';
 import { detectDevice, type Device } from './device';
 import { defaultLogger, type Logger } from './logger';
+import { setIdentity } from './request-slots';
 
 /** The authenticated user, as `auth` sets it. */
 export interface ContextUser {
@@ -128,7 +129,7 @@ export function ensureContext(req: Request, logger: Logger = defaultLogger()): R
   let ctx = req.context;
   if (ctx === undefined) {
     ctx = new RequestContext(req, req.id ?? '', logger);
-    req.context = ctx;
+    setIdentity(req, undefined, ctx);
   }
   return ctx;
 }

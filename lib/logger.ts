@@ -1,6 +1,6 @@
 import { MESSAGE } from 'triple-beam';
 import winston from 'winston';
-import { redact } from './redact';
+import { isSecretKey, redact, REDACTED } from './redact';
 
 /** The logger every middleware writes to: a winston logger (or anything with its level methods and `child`). */
 export type Logger = winston.Logger;
@@ -28,19 +28,46 @@ const GCP_SEVERITY: Record<string, string> = {
 };
 
 /** A winston format that redacts secret fields at any depth (see {@link redact}). */
-export const redactFormat = winston.format((info) => {
-  for (const key of Object.keys(info)) {
-    const value = (info as Record<string, unknown>)[key];
-    if (value !== null && typeof value === 'object') (info as Record<string, unknown>)[key] = redact(value);
-  }
-  return redact(info);
-});
+export const redactFormat = winston.format((info) => redactFields(info as Record<string, unknown>) as typeof info);
 
-// JSON.stringify is about twice as fast as logform's json() (safe-stable-stringify, which sorts
-// keys): the request log line is written for every request. Lines it cannot encode (cycles,
-// BigInt) fall back to json().
+/**
+ * Redacts `info` in place: winston builds a fresh info object for every call, so its own fields
+ * may be replaced; nested objects belong to the caller and are copied where a secret is found.
+ */
+function redactFields(info: Record<string, unknown>): Record<string, unknown> {
+  for (const key of Object.keys(info)) {
+    const value = info[key];
+    if (value === undefined || value === null) continue;
+    if (isSecretKey(key)) info[key] = REDACTED;
+    else if (typeof value === 'object') info[key] = redact(value);
+  }
+  return info;
+}
+
+// Errors logged as `{ err }` keep their name, message and stack in the JSON line.
+function errorFields(info: Record<string, unknown>): void {
+  const err = info.err;
+  if (err instanceof Error) info.err = errorObject(err);
+  const error = info.error;
+  if (error instanceof Error) info.error = errorObject(error);
+}
+
+function errorObject(err: Error): Record<string, unknown> {
+  return { name: err.name, message: err.message, stack: err.stack, ...(err as unknown as Record<string, unknown>) };
+}
+
+// The whole line in one format: timestamp, error fields, redaction, GCP severity and the JSON
+// text. One transform instead of a combine() of five keeps the per-line cost of the request log
+// (written for every request) low. JSON.stringify is about twice as fast as logform's json()
+// (safe-stable-stringify, which sorts keys); lines it cannot encode (cycles, BigInt) fall back to
+// json().
 const slowJson = winston.format.json();
-const jsonLine = winston.format((info) => {
+const lineFormat = winston.format((info, opts) => {
+  const record = info as Record<string, unknown>;
+  record.timestamp = new Date().toISOString();
+  errorFields(record);
+  redactFields(record);
+  if ((opts as { gcp?: boolean }).gcp) record.severity = GCP_SEVERITY[info.level] ?? 'DEFAULT';
   try {
     (info as Record<symbol, unknown>)[MESSAGE] = JSON.stringify(info);
     return info;
@@ -49,35 +76,15 @@ const jsonLine = winston.format((info) => {
   }
 });
 
-const gcpFormat = winston.format((info) => {
-  (info as Record<string, unknown>).severity = GCP_SEVERITY[info.level] ?? 'DEFAULT';
-  return info;
-});
-
-// Errors logged as `{ err }` keep their message and stack in the JSON line.
-const errorFields = winston.format((info) => {
-  const record = info as Record<string, unknown>;
-  for (const key of ['err', 'error']) {
-    const err = record[key];
-    if (err instanceof Error) {
-      record[key] = { name: err.name, message: err.message, stack: err.stack, ...(err as unknown as Record<string, unknown>) };
-    }
-  }
-  return info;
-});
-
 /** Builds the default JSON logger: timestamp, level, message and fields on one line, secrets redacted. */
 export function createLogger(options: LoggerOptions = {}): Logger {
   const format = options.format ?? (process.env.LOG_FORMAT === 'gcp' ? 'gcp' : 'json');
-  const formats = [winston.format.timestamp(), errorFields(), redactFormat()];
-  if (format === 'gcp') formats.push(gcpFormat());
-  formats.push(jsonLine());
   const level = options.level ?? process.env.LOG_LEVEL ?? 'info';
   return winston.createLogger({
     // 'silent' turns logging off (tests, benchmarks).
     level: level === 'silent' ? 'error' : level,
     silent: level === 'silent',
-    format: winston.format.combine(...formats),
+    format: lineFormat({ gcp: format === 'gcp' }),
     defaultMeta: options.defaultMeta,
     transports: [
       options.stream

@@ -23,23 +23,37 @@ export function isSecretKey(key: string): boolean {
 export function redact<T>(value: T, depth = 0, seen?: WeakSet<object>): T {
   if (value === null || typeof value !== 'object') return value;
   if (depth > 20) return '[Truncated]' as unknown as T;
-  const visited = seen ?? new WeakSet<object>();
-  if (visited.has(value as object)) return '[Circular]' as unknown as T;
-  visited.add(value as object);
+  if (seen !== undefined) {
+    if (seen.has(value as object)) return '[Circular]' as unknown as T;
+    seen.add(value as object);
+  }
+  if (value instanceof Error || value instanceof Date || Buffer.isBuffer(value)) return value;
+  // The set of objects already walked is made only when there is a nested object to walk into:
+  // most values redacted for a log line are flat.
+  let visited = seen;
   if (Array.isArray(value)) {
     let copy: unknown[] | undefined;
     for (let i = 0; i < value.length; i++) {
-      const next = redact(value[i], depth + 1, visited);
-      if (next !== value[i]) (copy ??= value.slice())[i] = next;
+      const item: unknown = value[i];
+      if (item === null || typeof item !== 'object') continue;
+      if (visited === undefined) visited = new WeakSet<object>([value as object]);
+      const next = redact(item, depth + 1, visited);
+      if (next !== item) (copy ??= value.slice())[i] = next;
     }
     return (copy ?? value) as T;
   }
-  if (value instanceof Error || value instanceof Date || Buffer.isBuffer(value)) return value;
   let copy: Record<string, unknown> | undefined;
   const source = value as Record<string, unknown>;
   for (const key of Object.keys(source)) {
     const field = source[key];
-    const next = isSecretKey(key) && field !== undefined && field !== null ? REDACTED : redact(field, depth + 1, visited);
+    if (field === undefined || field === null) continue;
+    let next: unknown = field;
+    if (isSecretKey(key)) {
+      next = REDACTED;
+    } else if (typeof field === 'object') {
+      if (visited === undefined) visited = new WeakSet<object>([value as object]);
+      next = redact(field, depth + 1, visited);
+    }
     if (next !== field) (copy ??= { ...source })[key] = next;
   }
   return (copy ?? value) as T;

@@ -2,6 +2,7 @@ import type { Request } from 'express';
 import { register as globalRegistry, type Registry } from 'prom-client';
 import { createErrorResponder, type ErrorResponder } from './error-response';
 import { defaultLogger, type Logger } from './logger';
+import { peekSlots, slotsOf } from './request-slots';
 import { MemoryStores } from './stores/memory';
 import type { Stores } from './stores/types';
 
@@ -16,7 +17,6 @@ export interface PerimeterRuntime {
   respondError: ErrorResponder;
 }
 
-const RUNTIME = Symbol.for('express-perimeter.runtime');
 
 let standalone: PerimeterRuntime | undefined;
 /** The runtime of middleware used without a stack: default logger, memory stores, prom-client's global registry. */
@@ -31,12 +31,12 @@ export function standaloneRuntime(): PerimeterRuntime {
 
 /** Marks `req` as served by the stack whose runtime is `runtime`. */
 export function attachRuntime(req: Request, runtime: PerimeterRuntime): void {
-  (req as unknown as Record<symbol, PerimeterRuntime>)[RUNTIME] = runtime;
+  slotsOf(req).runtime = runtime;
 }
 
 /** The runtime of the stack serving `req`, or the standalone one. */
 export function runtimeOf(req: Request): PerimeterRuntime {
-  return (req as unknown as Record<symbol, PerimeterRuntime | undefined>)[RUNTIME] ?? standaloneRuntime();
+  return (peekSlots(req)?.runtime as PerimeterRuntime | undefined) ?? standaloneRuntime();
 }
 
 /**

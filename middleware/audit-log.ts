@@ -1,5 +1,4 @@
 import type { Request, RequestHandler, Response } from 'express';
-import onFinished from 'on-finished';
 import { GENESIS, isHash } from '../lib/audit/chain';
 import { AuditQueue, type AuditSinkStats } from '../lib/audit/queue';
 import { buildRecord, summarizeBody, type AuditRequestState } from '../lib/audit/record';
@@ -10,6 +9,7 @@ import { defaultLogger, type Logger } from '../lib/logger';
 import { checkOptions, oneOf } from '../lib/options';
 import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { describe, parseBytes, parseDuration } from '../lib/units';
+import { onResponseDone } from '../lib/response-done';
 
 export type { AuditRecord } from '../lib/audit/record';
 export type { AuditSinkOption, AuditSinkFunction, FileSinkOptions, RedisStreamSinkOptions } from '../lib/audit/sinks';
@@ -168,7 +168,7 @@ export function createAuditLog(options: AuditLogOptions = {}, stackRuntime?: Per
         if (state.responseBody === undefined) state.responseBody = body;
         return json.call(this, body);
       } as Response['json'];
-      onFinished(res, () => finish(req, res, state));
+      onResponseDone(res, () => finish(req, res, state));
       return state;
     },
   };

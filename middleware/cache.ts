@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { OutgoingHttpHeaders } from 'node:http';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
-import onFinished from 'on-finished';
 import type { Counter } from 'prom-client';
 import { ConfigError } from '../lib/errors';
 import { isNotModified, strongEtag } from '../lib/etag';
@@ -12,6 +11,8 @@ import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runt
 import { cacheStore, MAX_FILL_MS, type CachedResponse, type CacheLookup, type CacheStore } from '../lib/stores/cache-store';
 import type { Stores, StoreFactory } from '../lib/stores/types';
 import { describe, parseBytes, parseDuration, parseSeconds } from '../lib/units';
+import { onResponseDone } from '../lib/response-done';
+import { responseSlots, slotsOf } from '../lib/request-slots';
 
 /** Options of {@link cache}. `ttl`, `maxAge`, `staleWhileRevalidate` and `localTtl` are seconds, as in HTTP. */
 export interface CacheOptions {
@@ -84,9 +85,6 @@ const KNOWN = [
   'lockTimeout', 'storeTimeout', 'maxBodySize', 'maxEntries', 'maxBytes', 'localTtl', 'key', 'namespace', 'stores', 'now',
 ] as const;
 
-const PENDING = Symbol.for('express-perimeter.cache.pending');
-const FILL = Symbol.for('express-perimeter.cache.fill');
-const WRITE = Symbol.for('express-perimeter.cache.write');
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const REQUEST_NO_STORE = /(?:^|,)\s*no-store\s*(?:,|$)/i;
@@ -195,7 +193,6 @@ interface WriteHook {
   done: boolean;
 }
 
-type Hooked = Record<symbol, unknown>;
 
 /**
  * HTTP caching for GET and HEAD: a strong `ETag` (hash of the body) on 2xx responses with
@@ -297,7 +294,7 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
     if (fill !== undefined) {
       p.fill = fill;
       // Settles the fill when the response ends without passing cacheEnd (client gone, timeout answered).
-      onFinished(res, () => settle(fill, undefined));
+      onResponseDone(res, () => settle(fill, undefined));
     }
     next();
   }
@@ -312,7 +309,7 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
   }
 
   function hit(req: Request, res: Response, state: State, entry: CachedResponse): void {
-    const pending = (res as unknown as Hooked)[PENDING] as Pending | undefined;
+    const pending = responseSlots(res).cachePending as Pending | undefined;
     // An outer cache layer's hooks must not hash or rewrite the replayed response.
     if (pending !== undefined) pending.done = true;
     const age = Math.max(0, state.store.now() - entry.storedAt);
@@ -438,13 +435,13 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
 
   function hookWrite(req: Request, res: Response): void {
     const tags = layer.tagsOf?.(req);
-    const existing = (res as unknown as Hooked)[WRITE] as WriteHook | undefined;
+    const existing = responseSlots(res).cacheWrite as WriteHook | undefined;
     if (existing !== undefined) {
       if (tags !== undefined) for (const tag of tags) existing.names.push(indexName(`t:${tag}`));
       return;
     }
     const w: WriteHook = { prevEnd: res.end as WriteHook['prevEnd'], names: writeNames(req, tags), state: stateOf(req), done: false };
-    (res as unknown as Hooked)[WRITE] = w;
+    responseSlots(res).cacheWrite = w;
     res.end = writeEnd as Response['end'];
   }
 
@@ -458,7 +455,7 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
       installHooks(req, res, layer);
       return next();
     }
-    const outer = (req as unknown as Hooked)[FILL] as Fill | undefined;
+    const outer = slotsOf(req).cacheFill as Fill | undefined;
     if (outer !== undefined) {
       // An outer cache already handles this request server-side: the inner (more specific) one sets ttl and adds tags.
       outer.ttlMs = server.ttlMs;
@@ -485,7 +482,7 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
       names: undefined,
       settled: false,
     };
-    (req as unknown as Hooked)[FILL] = fill;
+    slotsOf(req).cacheFill = fill;
     serve(req, res, next, fill);
   } as CacheHandler;
 
@@ -563,8 +560,8 @@ function settle(fill: Fill, entry: CachedResponse | undefined): void {
 }
 
 function installHooks(req: Request, res: Response, layer: Layer): Pending {
-  const hooked = res as unknown as Hooked;
-  let p = hooked[PENDING] as Pending | undefined;
+  const slots = responseSlots(res);
+  let p = slots.cachePending as Pending | undefined;
   if (p === undefined) {
     p = {
       req,
@@ -583,7 +580,7 @@ function installHooks(req: Request, res: Response, layer: Layer): Pending {
       claimed: false,
       done: false,
     };
-    hooked[PENDING] = p;
+    slots.cachePending = p;
     res.send = cacheSend as Response['send'];
     res.end = cacheEnd as Response['end'];
     return p;
@@ -603,7 +600,7 @@ function installHooks(req: Request, res: Response, layer: Layer): Pending {
  * strong ETag is set first and Express skips its hash (one hash per response, never two).
  */
 function cacheSend(this: Response, ...args: unknown[]): Response {
-  const p = (this as unknown as Hooked)[PENDING] as Pending;
+  const p = responseSlots(this).cachePending as Pending;
   const body = args[0];
   const status = this.statusCode;
   // Objects come back through res.json → res.send(string); only the final bytes are claimed.
@@ -635,7 +632,7 @@ function cacheSend(this: Response, ...args: unknown[]): Response {
 
 /** res.end hook: Cache-Control, Vary and ETag for GET/HEAD 2xx with a known body, the server-side capture, then 304 or the body. */
 function cacheEnd(this: Response, ...args: unknown[]): Response {
-  const p = (this as unknown as Hooked)[PENDING] as Pending;
+  const p = responseSlots(this).cachePending as Pending;
   if (p.done) return p.prevEnd.apply(this, args);
   p.done = true;
   const status = this.statusCode;
@@ -751,7 +748,7 @@ function varyMatches(entry: CachedResponse, req: Request): boolean {
 
 /** res.end hook of a write: a 2xx answer first drops the entries of its path (and tags), so the writer's next read is fresh. */
 function writeEnd(this: Response, ...args: unknown[]): Response {
-  const w = (this as unknown as Hooked)[WRITE] as WriteHook;
+  const w = responseSlots(this).cacheWrite as WriteHook;
   if (w.done) return w.prevEnd.apply(this, args);
   w.done = true;
   const status = this.statusCode;

@@ -1,5 +1,4 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
-import onFinished from 'on-finished';
 import { Breaker, REJECTED } from '../lib/breaker/breaker';
 import { stateGauge } from '../lib/breaker/create-breaker';
 import { BREAKER_OPTION_KEYS, breakerName, breakerSettings, type BreakerOptions } from '../lib/breaker/settings';
@@ -12,6 +11,8 @@ import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runt
 import { breakerStateStore, type BreakerStateStore } from '../lib/stores/breaker-store';
 import type { Stores } from '../lib/stores/types';
 import { describe } from '../lib/units';
+import { onResponseDone } from '../lib/response-done';
+import { abortReasonOf } from './timeout';
 
 export { createBreaker, FunctionBreaker, type CreateBreakerOptions, type BreakerCallSignal } from '../lib/breaker/create-breaker';
 export { retry, type RetryOptions } from '../lib/retry';
@@ -191,7 +192,7 @@ export function createCircuitBreaker(options: CircuitBreakerOptions = {}, stackR
     const slots = res as unknown as Slots;
     slots[BREAKER] = breaker;
     slots[TICKET] = ticket;
-    onFinished(res, recordOutcome);
+    onResponseDone(res, recordOutcome);
     next();
   } as CircuitBreakerHandler;
 
@@ -217,8 +218,9 @@ export function createCircuitBreaker(options: CircuitBreakerOptions = {}, stackR
 /** A 504 answer, or a request whose `req.signal` the timeout middleware aborted (the response may have been cut). */
 function timedOut(res: Response, status: number): boolean {
   if (status === 504) return true;
-  const signal = (res.req as Request | undefined)?.signal;
-  return signal !== undefined && signal.aborted && (signal.reason as { code?: unknown } | undefined)?.code === 'GATEWAY_TIMEOUT';
+  // The reason itself: reading req.signal would make an AbortController for every request.
+  const req = res.req as Request | undefined;
+  return req !== undefined && (abortReasonOf(req) as { code?: unknown } | undefined)?.code === 'GATEWAY_TIMEOUT';
 }
 
 function compileFallback(fallback: CircuitBreakerOptions['fallback']): Fallback | undefined {

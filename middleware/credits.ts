@@ -13,6 +13,7 @@ import type { RedisOption } from '../lib/stores/redis-connection';
 import type { Stores } from '../lib/stores/types';
 import { describe, parseDuration } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
+import { onResponseDone } from '../lib/response-done';
 
 /** Options of {@link credits}. */
 export interface CreditsOptions {
@@ -213,9 +214,9 @@ export function credits(options: CreditsOptions = {}): CreditsHandler {
             res.setHeader('X-Credits-Remaining', String(result.balance));
           }
           const logger = loggerOf(req);
-          onFinished(res, function settleCredits(err) {
+          onResponseDone(res, function settleCredits() {
             // Kept only when a 2xx response went out whole; anything else gets its credits back.
-            if (!err && res.writableFinished && res.statusCode >= 200 && res.statusCode < 300) {
+            if (res.writableFinished && res.statusCode >= 200 && res.statusCode < 300) {
               state.spent.inc(cost);
               state.store.commit(payer, reservation).catch(() => {
                 // Harmless: the reservation record expires after reservationTtl by itself.

@@ -1,5 +1,4 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
-import onFinished from 'on-finished';
 import type { Counter } from 'prom-client';
 import { ConfigError, ForbiddenError } from '../lib/errors';
 import { checkForwardedFor } from '../lib/forwarded-for';
@@ -12,6 +11,7 @@ import { ipBlocklistStore, type IpBlock, type IpBlocklist } from '../lib/stores/
 import type { CounterStore, Stores } from '../lib/stores/types';
 import { describe, parseDuration } from '../lib/units';
 import { clientIp } from '../lib/client-ip';
+import { onResponseDone } from '../lib/response-done';
 
 export type { IpBlock } from '../lib/stores/ip-blocklist';
 
@@ -150,7 +150,7 @@ export function createIpFilter(options: IpFilterOptions = {}, stackRuntime?: Per
       state.refusals.inc({ reason });
       return next(refusal(reason));
     }
-    if (autoBan !== undefined) onFinished(res, countRefusal);
+    if (autoBan !== undefined) onResponseDone(res, countRefusal);
     next();
   }
 

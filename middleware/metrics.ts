@@ -1,6 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
-import onFinished from 'on-finished';
 import { collectDefaultMetrics, Counter, Gauge, register as globalRegistry, Histogram, type Registry } from 'prom-client';
 import { Analytics, checkLimit, parseAnalyticsOptions, type AnalyticsOptions, type AnalyticsReport, type Endpoint } from '../lib/analytics';
 import { AuthenticationError, ConfigError, ForbiddenError } from '../lib/errors';
@@ -10,6 +9,7 @@ import { checkOptions } from '../lib/options';
 import { routeTemplate } from '../lib/route-template';
 import { perRuntime } from '../lib/runtime';
 import { clientIp } from '../lib/client-ip';
+import { onResponseDone } from '../lib/response-done';
 
 /** Options of {@link metrics}. */
 export interface MetricsOptions {
@@ -169,7 +169,7 @@ export function createMetrics(options: MetricsOptions = {}, registry?: Registry)
     const method = req.method;
     const start = performance.now();
     series.started(method);
-    onFinished(res, function recordRequest() {
+    onResponseDone(res, function recordRequest() {
       const status = res.writableFinished ? res.statusCode : CLIENT_CLOSED;
       const end = performance.now();
       series.finished(method, routeTemplate(req), status, (end - start) / 1000, end);

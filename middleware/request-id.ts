@@ -4,6 +4,7 @@ import { v7 as uuidv7 } from 'uuid';
 import { RequestContext, runWithContext } from '../lib/context';
 import { ConfigError } from '../lib/errors';
 import { checkOptions } from '../lib/options';
+import { setIdentity } from '../lib/request-slots';
 import { runtimeOf } from '../lib/runtime';
 
 /** Options of {@link requestId}. */
@@ -54,10 +55,9 @@ export function requestId(options: RequestIdOptions = {}): RequestHandler {
       id ??= traceId;
     }
     id ??= generate();
-    req.id = id;
     const ctx = new RequestContext(req, id, runtimeOf(req).logger);
     if (traceId !== undefined) ctx.traceId = traceId;
-    req.context = ctx;
+    setIdentity(req, id, ctx);
     res.setHeader(header, id);
     if (asyncContext) runWithContext(ctx, next);
     else next();

@@ -1,9 +1,9 @@
 import type { Request, RequestHandler, Response } from 'express';
-import onFinished from 'on-finished';
 import { checkOptions, oneOf } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import type { Logger } from '../lib/logger';
 import { clientIp } from '../lib/client-ip';
+import { onResponseDone } from '../lib/response-done';
 
 /** Options of {@link requestLogger}. */
 export interface RequestLoggerOptions {
@@ -39,7 +39,7 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
     const start = req.context?.startHr ?? process.hrtime.bigint();
     if (responseTime) setResponseTimeOnHeaders(res, start);
     if ((skipPaths !== undefined && skipPaths.has(req.path)) || (skipFn !== undefined && skipFn(req, res))) return next();
-    onFinished(res, function logRequest(err) {
+    onResponseDone(res, function logRequest() {
       const durationMs = Math.round(Number(process.hrtime.bigint() - start) / 1e4) / 100;
       const status = res.statusCode;
       const aborted = !res.writableFinished;
@@ -60,7 +60,6 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
       };
       if (ctx?.country !== undefined) line.country = ctx.country;
       if (aborted) line.aborted = true;
-      if (err) line.err = { message: err.message };
       if (format === 'gcp') {
         line.severity = SEVERITY[level];
         line.httpRequest = {

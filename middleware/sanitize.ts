@@ -3,6 +3,7 @@ import type { Counter } from 'prom-client';
 import { ConfigError } from '../lib/errors';
 import { counter } from '../lib/metrics-registry';
 import { checkOptions, oneOf } from '../lib/options';
+import { expressRequestPrototype } from '../lib/request-slots';
 import { loggerOf, perRuntime } from '../lib/runtime';
 import { compileAllow } from '../lib/sanitize/allow';
 import { DETECTORS, detectAttacks } from '../lib/sanitize';
@@ -92,14 +93,19 @@ export function sanitize(options: SanitizeOptions = {}): RequestHandler {
     counter(rt.registry, 'sanitize_detections_total', 'Request fields sanitize found an attack in, by category and action taken.', ['category', 'action']),
   );
 
+  let assignableQuery = false;
   return function sanitizeMiddleware(req, _res, next) {
     const walk = new Walk(cfg);
     try {
-      if (doQuery) {
+      if (doQuery && !assignableQuery) assignableQuery = makeQueryAssignable(req);
+      // No query string, nothing to read (Express 5 would parse an empty one on each read).
+      if (doQuery && req.url.includes('?')) {
         const query: unknown = req.query;
+        const cleaned = query === undefined ? undefined : walk.source('query', query);
         // Express 5 re-parses the URL on every read of req.query, so assigning would be lost:
-        // an own property shadows the getter for the rest of the request.
-        if (query !== undefined) Object.defineProperty(req, 'query', { value: walk.source('query', query), writable: true, configurable: true, enumerable: true });
+        // an own property shadows the getter for the rest of the request. Only when something
+        // changed: each property added to req costs a new hidden class (see lib/request-slots).
+        if (cleaned !== query) Object.defineProperty(req, 'query', { value: cleaned, writable: true, configurable: true, enumerable: true });
       }
       if (doBody && req.body !== undefined) {
         const body: unknown = req.body;
@@ -118,6 +124,29 @@ export function sanitize(options: SanitizeOptions = {}): RequestHandler {
     if (walk.findings !== undefined) report(req, walk.findings, detections(req));
     next();
   };
+}
+
+/**
+ * Express 5's `req.query` is a getter only, so `req.query = x` throws. sanitize used to shadow it
+ * on every request (so handlers could assign it, as on Express 4); a property added to each
+ * request costs a new hidden class, so instead the getter gets a setter, once, on Express's
+ * request prototype: assigning makes the own property only for requests that do it.
+ */
+function makeQueryAssignable(req: Request): boolean {
+  const proto = expressRequestPrototype(req);
+  if (proto === undefined) return false;
+  const descriptor = Object.getOwnPropertyDescriptor(proto, 'query');
+  if (descriptor !== undefined && descriptor.get !== undefined && descriptor.set === undefined && descriptor.configurable === true) {
+    Object.defineProperty(proto, 'query', {
+      get: descriptor.get,
+      set(this: Request, value: unknown) {
+        Object.defineProperty(this, 'query', { value, writable: true, configurable: true, enumerable: true });
+      },
+      enumerable: descriptor.enumerable,
+      configurable: true,
+    });
+  }
+  return true;
 }
 
 function report(req: Request, findings: Finding[], detections: Counter<'category' | 'action'>): void {

@@ -1,5 +1,4 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
-import onFinished from 'on-finished';
 import typeis from 'type-is';
 import { ConfigError, PayloadTooLargeError, UnsupportedMediaTypeError } from '../lib/errors';
 import { answerEarly } from '../lib/late-response';
@@ -7,6 +6,7 @@ import { checkOptions } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import type { StackHandler } from '../lib/stack-entries';
 import { describe, parseBytes } from '../lib/units';
+import { onResponseDone } from '../lib/response-done';
 
 /** Options of {@link sizeLimit}. */
 export interface SizeLimitOptions {
@@ -286,7 +286,7 @@ class BodyGuard {
     req.removeListener('newListener', this.onNewListener);
     const size = this.size();
     const err = new PayloadTooLargeError(`The request body is larger than the limit of ${this.limit} bytes.`, { limit: this.limit, received: size });
-    onFinished(res, () => this.afterResponse());
+    onResponseDone(res, () => this.afterResponse());
     if (next !== undefined) next(err);
     // Already answered (by the handler, or a timeout): only the rest of the body is refused.
     else if (!res.writableEnded) answerEarly(req, res, err, 'ERR_SIZE_LIMIT_LATE_WRITE', runtimeOf(req));

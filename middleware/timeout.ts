@@ -4,6 +4,7 @@ import { answerEarly } from '../lib/late-response';
 import { checkOptions } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import { parseDuration } from '../lib/units';
+import { expressRequestPrototype, peekSlots, responseSlots, slotsOf } from '../lib/request-slots';
 
 /** Options of {@link timeout}. */
 export interface TimeoutOptions {
@@ -24,18 +25,13 @@ export class ClientClosedRequestError extends HttpError {
 
 // setTimeout's largest delay; anything longer fires at once (with a TimeoutOverflowWarning).
 const MAX_DELAY = 2 ** 31 - 1;
-const STATE = Symbol('express-perimeter.timeout');
 
 /** One per request, shared by every timeout() the request passes through. */
 interface TimeoutState {
   req: Request;
   res: Response;
-  /**
-   * Made with the state. `req.signal` is a plain data property: an accessor defined on each
-   * request (to make the controller lazily) put req objects on V8's slow path and cost far more
-   * in every later property access than the ~0.1 µs an AbortController takes.
-   */
-  controller: AbortController;
+  /** Made on the first read of `req.signal` (most requests never read it). */
+  controller: AbortController | undefined;
   /** Why the request was aborted, once it was. */
   reason: Error | undefined;
   timer: NodeJS.Timeout | undefined;
@@ -43,13 +39,49 @@ interface TimeoutState {
   fired: boolean;
 }
 
-type WithState = { [STATE]?: TimeoutState };
-
-
 function abort(state: TimeoutState, reason: Error): void {
   if (state.reason !== undefined) return;
   state.reason = reason;
-  state.controller.abort(reason);
+  state.controller?.abort(reason);
+}
+
+/**
+ * Why `req.signal` was (or will read as) aborted: the 504's GatewayTimeoutError or a
+ * ClientClosedRequestError; undefined while the request runs, and without timeout().
+ */
+export function abortReasonOf(req: Request): Error | undefined {
+  return (peekSlots(req)?.timeout as TimeoutState | undefined)?.reason;
+}
+
+// `req.signal` is an accessor on Express's request prototype, defined once, that makes the
+// request's AbortController on first read: an AbortController costs about as much as the rest of
+// this middleware, and most requests never read the signal. Defining the property on each request
+// instead (an accessor or a data property added late) put req objects on V8's slow path, which
+// made every later property access dearer.
+const SIGNAL_READY = Symbol.for('express-perimeter.timeout.signal');
+
+function signalOf(this: Request): AbortSignal | undefined {
+  const state = peekSlots(this)?.timeout as TimeoutState | undefined;
+  if (state === undefined) return undefined;
+  if (state.controller === undefined) {
+    state.controller = new AbortController();
+    if (state.reason !== undefined) state.controller.abort(state.reason);
+  }
+  return state.controller.signal;
+}
+
+function setSignal(this: Request, value: AbortSignal): void {
+  // Someone else's signal (an assignment by user code): an own property shadows the accessor.
+  Object.defineProperty(this, 'signal', { value, writable: true, enumerable: true, configurable: true });
+}
+
+/** Defines the accessor on the request prototype just above http.IncomingMessage (Express's `request`); false when there is none. */
+function installSignal(req: Request): boolean {
+  const proto = expressRequestPrototype(req);
+  if (proto === undefined || Object.prototype.hasOwnProperty.call(proto, 'signal')) return false;
+  Object.defineProperty(proto, 'signal', { get: signalOf, set: setSignal, enumerable: false, configurable: true });
+  Object.defineProperty(proto, SIGNAL_READY, { value: true, enumerable: false });
+  return true;
 }
 
 /**
@@ -67,12 +99,15 @@ export function timeout(options: TimeoutOptions = {}): RequestHandler {
   }
 
   return function timeoutMiddleware(req, res, next) {
-    let state = (req as WithState)[STATE];
+    const slots = slotsOf(req);
+    let state = slots.timeout as TimeoutState | undefined;
     if (state === undefined) {
-      state = { req, res, controller: new AbortController(), reason: undefined, timer: undefined, ms, fired: false };
-      (req as WithState)[STATE] = state;
-      (res as WithState)[STATE] = state;
-      req.signal = state.controller.signal;
+      state = { req, res, controller: undefined, reason: undefined, timer: undefined, ms, fired: false };
+      slots.timeout = state;
+      if ((req as { [SIGNAL_READY]?: boolean })[SIGNAL_READY] !== true && !installSignal(req)) {
+        // Not an Express request on http.IncomingMessage (a test double): an own property, made now.
+        req.signal = signalOf.call(req) as AbortSignal;
+      }
       if (res.destroyed) abort(state, new ClientClosedRequestError());
       else res.on('close', onResponseClose);
     } else if (state.fired) {
@@ -104,7 +139,7 @@ function onTimeout(state: TimeoutState): void {
 }
 
 function onResponseClose(this: Response): void {
-  const state = (this as WithState)[STATE];
+  const state = responseSlots(this).timeout as TimeoutState | undefined;
   if (state === undefined) return;
   if (state.timer !== undefined) clearTimeout(state.timer);
   state.timer = undefined;
