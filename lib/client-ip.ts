@@ -1,4 +1,5 @@
 import type { Request } from 'express';
+import { contextOf } from './context';
 
 /**
  * The client IP as Express sees it (`req.ip`, so `trust proxy` applies), computed once per
@@ -6,5 +7,6 @@ import type { Request } from 'express';
  * ipFilter, rateLimit, metrics, audit and flags all want it.
  */
 export function clientIp(req: Request): string | undefined {
-  return req.context === undefined ? req.ip : req.context.ip;
+  const ctx = contextOf(req);
+  return ctx === undefined ? req.ip : ctx.ip;
 }

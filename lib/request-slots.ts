@@ -28,6 +28,8 @@ export class RequestSlots {
   cachePending: unknown = undefined;
   cacheFill: unknown = undefined;
   cacheWrite: unknown = undefined;
+  /** requestLogger: when the request started, until `X-Response-Time` is set. */
+  responseTimeStart: bigint | undefined = undefined;
 }
 
 // Symbol.for: two copies of the library in one process (a stack and a route-level factory from
@@ -101,13 +103,12 @@ function installRequestAccessors(req: Request): void {
   Object.defineProperty(proto, ACCESSORS, { value: true, enumerable: false });
 }
 
-/** Sets `req.id` (unless `id` is undefined) and `req.context`: through the slots on Express requests, as own properties elsewhere. */
+/** Sets `req.id` (unless `id` is undefined) and `req.context`: in the slots, and as own properties on a request outside Express. */
 export function setIdentity(req: Request, id: string | undefined, context: unknown): void {
   const slots = slotsOf(req);
-  if ((req as { [ACCESSORS]?: boolean })[ACCESSORS] === true) {
-    if (id !== undefined) slots.id = id;
-    slots.context = context;
-  } else {
+  if (id !== undefined) slots.id = id;
+  slots.context = context;
+  if ((req as { [ACCESSORS]?: boolean })[ACCESSORS] !== true) {
     if (id !== undefined) (req as unknown as Record<string, unknown>).id = id;
     (req as unknown as Record<string, unknown>).context = context;
   }

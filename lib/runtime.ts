@@ -1,5 +1,6 @@
 import type { Request } from 'express';
 import { register as globalRegistry, type Registry } from 'prom-client';
+import type { RequestContext } from './context';
 import { createErrorResponder, type ErrorResponder } from './error-response';
 import { defaultLogger, type Logger } from './logger';
 import { peekSlots, slotsOf } from './request-slots';
@@ -58,5 +59,7 @@ export function perRuntime<T>(build: (runtime: PerimeterRuntime) => T): (req: Re
 
 /** The logger for `req`: its context's child logger, else the stack's, else the default. */
 export function loggerOf(req: Request): Logger {
-  return req.context?.log ?? runtimeOf(req).logger;
+  const slots = peekSlots(req);
+  const ctx = slots?.context as RequestContext | undefined;
+  return ctx?.log ?? ((slots?.runtime as PerimeterRuntime | undefined) ?? standaloneRuntime()).logger;
 }

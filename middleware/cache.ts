@@ -11,6 +11,7 @@ import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runt
 import { cacheStore, MAX_FILL_MS, type CachedResponse, type CacheLookup, type CacheStore } from '../lib/stores/cache-store';
 import type { Stores, StoreFactory } from '../lib/stores/types';
 import { describe, parseBytes, parseDuration, parseSeconds } from '../lib/units';
+import { contextOf } from '../lib/context';
 import { onResponseDone } from '../lib/response-done';
 import { responseSlots, slotsOf } from '../lib/request-slots';
 
@@ -301,7 +302,7 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
 
   function miss(req: Request, res: Response, next: NextFunction, state: State | undefined, fill: Fill | undefined): void {
     res.setHeader('X-Cache', 'MISS');
-    const ctx = req.context;
+    const ctx = contextOf(req);
     if (ctx !== undefined) ctx.cacheHit = false;
     (state ?? stateOf(req)).misses.inc();
     if (fill !== undefined) fill.snapshot = res.getHeaders();
@@ -318,7 +319,7 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
     for (let i = 0; i < headers.length; i++) res.setHeader(headers[i][0], headers[i][1]);
     res.setHeader('X-Cache', age >= entry.ttlMs ? 'STALE' : 'HIT');
     res.setHeader('Age', String(Math.floor(age / 1000)));
-    const ctx = req.context;
+    const ctx = contextOf(req);
     if (ctx !== undefined) ctx.cacheHit = true;
     state.hits.inc();
     const h = req.headers;

@@ -1,8 +1,11 @@
+import { ServerResponse } from 'node:http';
 import type { Request, RequestHandler, Response } from 'express';
 import { checkOptions, oneOf } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import type { Logger } from '../lib/logger';
 import { clientIp } from '../lib/client-ip';
+import { contextOf } from '../lib/context';
+import { peekSlots, slotsOf } from '../lib/request-slots';
 import { onResponseDone } from '../lib/response-done';
 
 /** Options of {@link requestLogger}. */
@@ -36,15 +39,16 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
   const ownLogger = options.logger;
 
   return function requestLoggerMiddleware(req, res, next) {
-    const start = req.context?.startHr ?? process.hrtime.bigint();
-    if (responseTime) setResponseTimeOnHeaders(res, start);
+    const context = contextOf(req);
+    const start = context?.startHr ?? process.hrtime.bigint();
+    if (responseTime) setResponseTimeOnHeaders(req, res, start);
     if ((skipPaths !== undefined && skipPaths.has(req.path)) || (skipFn !== undefined && skipFn(req, res))) return next();
     onResponseDone(res, function logRequest() {
       const durationMs = Math.round(Number(process.hrtime.bigint() - start) / 1e4) / 100;
       const status = res.statusCode;
       const aborted = !res.writableFinished;
       const level = status >= 500 ? 'error' : status >= 400 || aborted ? 'warn' : 'info';
-      const ctx = req.context;
+      const ctx = context ?? contextOf(req);
       const line: Record<string, unknown> = {
         request_id: req.id,
         method: req.method,
@@ -81,18 +85,55 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
 
 /**
  * Sets `X-Response-Time` just before the headers go out. A lean form of on-headers: the response
- * time needs no status code or header arguments, so writeHead's arguments pass through untouched
- * (on-headers normalises them on every response, measurably slower on this hot path).
+ * time needs no status code or header arguments, so writeHead's arguments pass through untouched.
+ * On Express responses the writeHead that does it is defined once, on Express's response
+ * prototype, and reads the start from the request's slots: replacing `res.writeHead` on each
+ * response adds a property to it, which costs a new hidden class per response (see
+ * lib/request-slots). Elsewhere the response gets its own writeHead.
  */
-function setResponseTimeOnHeaders(res: Response, start: bigint): void {
+function setResponseTimeOnHeaders(req: Request, res: Response, start: bigint): void {
+  slotsOf(req).responseTimeStart = start;
+  if ((res as { [RESPONSE_TIME]?: boolean })[RESPONSE_TIME] === true || installResponseTime(res)) return;
   const writeHead = res.writeHead;
   res.writeHead = function writeHeadWithResponseTime(this: Response) {
-    if (!this.headersSent && this.getHeader('X-Response-Time') === undefined) {
-      this.setHeader('X-Response-Time', `${(Number(process.hrtime.bigint() - start) / 1e6).toFixed(2)}ms`);
-    }
+    stampResponseTime(this, req);
     // eslint-disable-next-line prefer-rest-params
     return writeHead.apply(this, arguments as unknown as Parameters<Response['writeHead']>);
   } as Response['writeHead'];
+}
+
+const RESPONSE_TIME = Symbol.for('express-perimeter.response-time');
+
+function stampResponseTime(res: Response, req: Request | undefined): void {
+  const slots = req === undefined ? undefined : peekSlots(req);
+  const start = slots?.responseTimeStart;
+  if (slots === undefined || start === undefined) return;
+  slots.responseTimeStart = undefined;
+  if (!res.headersSent && res.getHeader('X-Response-Time') === undefined) {
+    res.setHeader('X-Response-Time', `${(Number(process.hrtime.bigint() - start) / 1e6).toFixed(2)}ms`);
+  }
+}
+
+/** Defines the stamping writeHead on the prototype just above http.ServerResponse (Express's `response`); false when there is none. */
+function installResponseTime(res: Response): boolean {
+  let proto = Object.getPrototypeOf(res) as object | null;
+  while (proto !== null && Object.getPrototypeOf(proto) !== ServerResponse.prototype) proto = Object.getPrototypeOf(proto) as object | null;
+  if (proto === null) return false;
+  if (!Object.prototype.hasOwnProperty.call(proto, RESPONSE_TIME)) {
+    const writeHead = (proto as { writeHead: Response['writeHead'] }).writeHead;
+    Object.defineProperty(proto, 'writeHead', {
+      value: function writeHeadWithResponseTime(this: Response) {
+        stampResponseTime(this, this.req as Request | undefined);
+        // eslint-disable-next-line prefer-rest-params
+        return writeHead.apply(this, arguments as unknown as Parameters<Response['writeHead']>);
+      },
+      writable: true,
+      enumerable: false,
+      configurable: true,
+    });
+    Object.defineProperty(proto, RESPONSE_TIME, { value: true, enumerable: false });
+  }
+  return true;
 }
 
 // The query string can carry tokens; the log keeps the path only.
