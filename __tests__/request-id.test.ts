@@ -82,6 +82,32 @@ describe('requestId', () => {
     expect(() => requestId(fakeReq as never)).toThrow(/app.use\(requestId\(\)\)/);
   });
 
+  it('lets later middleware assign req.id and req.context, and keeps ids apart across concurrent requests', async () => {
+    const a = newApp();
+    a.use(requestId());
+    a.use((req, _res, next) => {
+      if (req.query.rename !== undefined) req.id = String(req.query.rename);
+      next();
+    });
+    a.get('/', async (req, res) => {
+      await new Promise((r) => setTimeout(r, 5));
+      res.json({ id: req.id, contextId: req.context.requestId });
+    });
+    const [renamed, plain] = await Promise.all([request(a).get('/?rename=mine'), request(a).get('/')]);
+    expect(renamed.body.id).toBe('mine');
+    expect(renamed.body.contextId).toBe(renamed.headers['x-request-id']);
+    expect(plain.body.id).toBe(plain.headers['x-request-id']);
+    expect(plain.body.id).not.toBe(renamed.headers['x-request-id']);
+    const replaced = newApp();
+    replaced.use(requestId());
+    replaced.get('/', (req, res) => {
+      const mine = { requestId: 'other' } as typeof req.context;
+      req.context = mine;
+      res.json({ same: req.context === mine });
+    });
+    expect((await request(replaced).get('/')).body.same).toBe(true);
+  });
+
   it('computes the device lazily from the user agent', async () => {
     const a = newApp();
     a.use(requestId());

@@ -57,6 +57,34 @@ describe('requestLogger', () => {
     expect(res.headers['x-response-time']).toMatch(/^\d+\.\d\dms$/);
   });
 
+  it('sets X-Response-Time on responses sent from a mounted sub-app and under another writeHead wrapper', async () => {
+    const stack = createStack({ logger: recordingLogger().logger });
+    const app = newApp();
+    app.use(stack);
+    const sub = newApp();
+    sub.get('/ping', (_req, res) => res.send('pong'));
+    app.use('/sub', sub);
+    app.get('/wrapped', (_req, res) => {
+      // What on-headers and similar libraries do: replace writeHead on the instance, call the old one.
+      const previous = res.writeHead;
+      res.writeHead = function (this: typeof res, ...args: unknown[]) {
+        this.setHeader('X-Wrapped', 'yes');
+        return (previous as (...a: unknown[]) => typeof res).apply(this, args);
+      } as typeof res.writeHead;
+      res.json({ ok: true });
+    });
+    const fromSub = await request(app).get('/sub/ping').expect(200, 'pong');
+    expect(fromSub.headers['x-response-time']).toMatch(/^\d+\.\d\dms$/);
+    const wrapped = await request(app).get('/wrapped').expect(200);
+    expect(wrapped.headers['x-wrapped']).toBe('yes');
+    expect(wrapped.headers['x-response-time']).toMatch(/^\d+\.\d\dms$/);
+    // A response that does not pass the logger gets no X-Response-Time from the shared writeHead.
+    const bare = newApp();
+    bare.get('/', (_req, res) => res.send('x'));
+    expect((await request(bare).get('/')).headers['x-response-time']).toBeUndefined();
+    await stack.close();
+  });
+
   it('logs 4xx at warn and 5xx at error', async () => {
     const { app, lines } = stackApp();
     await request(app).post('/api/login').expect(401);

@@ -157,6 +157,22 @@ describe('sanitize', () => {
         res.json(req.query);
       });
       await request(app).get('/?a=1').expect(200, { replaced: true });
+      await request(app).get('/').expect(200, { replaced: true });
+    });
+
+    it('keeps a clean query readable, and a cleaned one the same on every read', async () => {
+      const app = newApp();
+      app.use(sanitize());
+      app.get('/', (req, res) => {
+        res.json({ first: req.query, second: req.query, same: req.query === req.query });
+      });
+      const clean = await request(app).get('/?q=chess&page=2').expect(200);
+      expect(clean.body.first).toEqual({ q: 'chess', page: '2' });
+      expect(clean.body.second).toEqual({ q: 'chess', page: '2' });
+      const cleaned = await request(app).get('/?q=%3Cscript%3Ealert(1)%3C%2Fscript%3Echess').expect(200);
+      expect(cleaned.body.first.q).not.toContain('<script');
+      expect(cleaned.body.second).toEqual(cleaned.body.first);
+      expect(cleaned.body.same).toBe(true);
     });
 
     it('drops $-operator keys from bracket queries with the extended parser', async () => {
