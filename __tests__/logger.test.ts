@@ -1,4 +1,5 @@
 import { Writable } from 'node:stream';
+import winston from 'winston';
 import { createLogger, redact } from '../index';
 
 function capture(options: Parameters<typeof createLogger>[0] = {}) {
@@ -30,6 +31,38 @@ describe('createLogger', () => {
     for (const secret of ['abc.def.ghi', 'sid=1', 'a=b', 'sk-live-1', 'hunter2', '"k"', '"s"', '"t"', 'top']) expect(text).not.toContain(secret);
     expect(lines[0].body.name).toBe('Ann');
     expect(lines[0].headers.Authorization).toBe('[REDACTED]');
+  });
+
+  it('keeps winston behaviour: levels, child metadata, order, and transports added later', async () => {
+    const { logger, lines } = capture({ level: 'info' });
+    logger.debug('hidden');
+    logger.info('one');
+    logger.child({ request_id: 'r9' }).warn('two', { extra: 1 });
+    logger.log({ level: 'error', message: 'three' });
+    expect(lines.map((l) => l.message)).toEqual(['one', 'two', 'three']);
+    expect(lines[1]).toMatchObject({ level: 'warn', request_id: 'r9', extra: 1 });
+    const added: string[] = [];
+    logger.add(
+      new winston.transports.Stream({
+        stream: new Writable({
+          write(chunk, _enc, cb) {
+            added.push(JSON.parse(String(chunk)).message);
+            cb();
+          },
+        }),
+      }),
+    );
+    logger.info('four');
+    await new Promise((r) => setImmediate(r));
+    expect(lines.map((l) => l.message)).toEqual(['one', 'two', 'three', 'four']);
+    expect(added).toEqual(['four']);
+    logger.level = 'error';
+    logger.info('muted');
+    await new Promise((r) => setImmediate(r));
+    expect(lines).toHaveLength(4);
+    const silent = capture({ level: 'silent' });
+    silent.logger.error('nothing');
+    expect(silent.lines).toHaveLength(0);
   });
 
   it("adds severity in format 'gcp'", () => {

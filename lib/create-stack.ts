@@ -129,6 +129,8 @@ export function createStack(config: StackConfig = {}): Stack {
   let trustProxyApplied = config.trustProxy === undefined;
   const count = handlers.length;
   const stack = function perimeterStack(req: Request, res: Response, out: NextFunction): void {
+    // The first thing done to the request: it and its response go to dictionary mode (see
+    // toDictionaryMode in lib/request-slots) before the chain adds anything to them.
     attachRuntime(req, runtime);
     if (!trustProxyApplied) {
       req.app.set('trust proxy', config.trustProxy);
