@@ -1,4 +1,4 @@
-import { IncomingMessage } from 'node:http';
+import { IncomingMessage, ServerResponse } from 'node:http';
 import type { Request, Response } from 'express';
 
 /**
@@ -98,8 +98,17 @@ export function toDictionaryMode(obj: object): void {
  * IncomingMessage (a test double).
  */
 export function expressRequestPrototype(req: Request): object | undefined {
-  let proto = Object.getPrototypeOf(req) as object | null;
-  while (proto !== null && Object.getPrototypeOf(proto) !== IncomingMessage.prototype) proto = Object.getPrototypeOf(proto) as object | null;
+  return prototypeAbove(req, IncomingMessage.prototype);
+}
+
+/** The same for a response: Express's own `response` object, just above http.ServerResponse. */
+export function expressResponsePrototype(res: Response): object | undefined {
+  return prototypeAbove(res, ServerResponse.prototype);
+}
+
+function prototypeAbove(obj: object, base: object): object | undefined {
+  let proto = Object.getPrototypeOf(obj) as object | null;
+  while (proto !== null && Object.getPrototypeOf(proto) !== base) proto = Object.getPrototypeOf(proto) as object | null;
   return proto ?? undefined;
 }
 

@@ -2,7 +2,7 @@ import type { Response } from 'express';
 import { responseSlots } from './request-slots';
 
 /** Called once the response finished or its connection closed first (then `res.writableFinished` is false). */
-export type ResponseDoneListener = (err: null, res: Response) => void;
+export type ResponseDoneListener = (res: Response) => void;
 
 interface DoneState {
   listeners: ResponseDoneListener[];
@@ -27,7 +27,7 @@ export function onResponseDone(res: Response, listener: ResponseDoneListener): v
     return;
   }
   if (state !== undefined || res.closed) {
-    setImmediate(listener, null, res);
+    setImmediate(listener, res);
     return;
   }
   const created: DoneState = { listeners: [listener], dispatched: false };
@@ -41,7 +41,7 @@ function dispatch(state: DoneState, res: Response): void {
   let failure: { error: unknown } | undefined;
   for (let i = 0; i < listeners.length; i++) {
     try {
-      listeners[i](null, res);
+      listeners[i](res);
     } catch (error) {
       failure ??= { error };
     }

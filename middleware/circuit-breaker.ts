@@ -166,7 +166,7 @@ export function createCircuitBreaker(options: CircuitBreakerOptions = {}, stackR
   const TICKET = Symbol('circuitBreaker.ticket');
   type Slots = Record<symbol, unknown>;
 
-  function recordOutcome(_err: Error | null, res: Response): void {
+  function recordOutcome(res: Response): void {
     const slots = res as unknown as Slots;
     const breaker = slots[BREAKER] as Breaker;
     const ticket = slots[TICKET] as number;

@@ -155,7 +155,7 @@ export function createIpFilter(options: IpFilterOptions = {}, stackRuntime?: Per
   }
 
   // Runs once the response is sent, so counting (a Redis round trip when shared) never delays it.
-  function countRefusal(_err: Error | null, res: Response): void {
+  function countRefusal(res: Response): void {
     if (autoBan === undefined || !autoBan.statuses.has(res.statusCode)) return;
     const req = res.req;
     const ip = canonicalIp(clientIp(req));

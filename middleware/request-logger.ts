@@ -1,11 +1,10 @@
-import { ServerResponse } from 'node:http';
 import type { Request, RequestHandler, Response } from 'express';
 import { checkOptions, oneOf } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import type { Logger } from '../lib/logger';
 import { clientIp } from '../lib/client-ip';
 import { contextOf } from '../lib/context';
-import { peekSlots, slotsOf } from '../lib/request-slots';
+import { expressResponsePrototype, peekSlots, slotsOf } from '../lib/request-slots';
 import { onResponseDone } from '../lib/response-done';
 
 /** Options of {@link requestLogger}. */
@@ -116,9 +115,8 @@ function stampResponseTime(res: Response, req: Request | undefined): void {
 
 /** Defines the stamping writeHead on the prototype just above http.ServerResponse (Express's `response`); false when there is none. */
 function installResponseTime(res: Response): boolean {
-  let proto = Object.getPrototypeOf(res) as object | null;
-  while (proto !== null && Object.getPrototypeOf(proto) !== ServerResponse.prototype) proto = Object.getPrototypeOf(proto) as object | null;
-  if (proto === null) return false;
+  const proto = expressResponsePrototype(res);
+  if (proto === undefined) return false;
   if (!Object.prototype.hasOwnProperty.call(proto, RESPONSE_TIME)) {
     const writeHead = (proto as { writeHead: Response['writeHead'] }).writeHead;
     Object.defineProperty(proto, 'writeHead', {
