@@ -16,7 +16,7 @@ import {
 } from '../index';
 import { MemoryStores } from '../lib/stores';
 import type { BreakerStateStore } from '../lib/stores/breaker-store';
-import { describeRedis, eventually, newApp, recordingLogger, redisUrl, uniquePrefix } from './helpers/app';
+import { describeRedis, eventually, newApp, recordingLogger, redisUrl, stacksClosedAfterEach, uniquePrefix } from './helpers/app';
 
 /** A clock the test moves by hand. */
 function manualClock(start = 1_000_000) {
@@ -324,10 +324,7 @@ describe('circuitBreaker fallback', () => {
 });
 
 describe('circuitBreaker in a stack', () => {
-  const stacks: Stack[] = [];
-  afterEach(async () => {
-    await Promise.all(stacks.splice(0).map((s) => s.close()));
-  });
+  const stacks = stacksClosedAfterEach<Stack>();
 
   function stackApp(config: StackConfig) {
     const { logger, lines } = recordingLogger();
@@ -484,15 +481,12 @@ describe('circuitBreaker configuration', () => {
 });
 
 describeRedis('circuitBreaker state shared through Redis', () => {
-  const stacks: Stack[] = [];
+  const stacks = stacksClosedAfterEach<Stack>();
   let raw: Redis;
   beforeAll(() => {
     raw = new Redis(redisUrl as string);
   });
   afterAll(() => raw.quit());
-  afterEach(async () => {
-    await Promise.all(stacks.splice(0).map((s) => s.close()));
-  });
 
   function instance(prefix: string, now: () => number, redis: string = redisUrl as string) {
     const { logger, lines } = recordingLogger();

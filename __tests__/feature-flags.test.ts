@@ -18,7 +18,7 @@ import {
 import { murmur3, rolloutBucket } from '../lib/flags/hash';
 import { MemoryStores } from '../lib/stores';
 import { resetWarnings } from '../lib/warnings';
-import { describeRedis, eventually, newApp, recordingLogger, redisUrl, uniquePrefix } from './helpers/app';
+import { closeAll, describeRedis, eventually, newApp, recordingLogger, redisUrl, uniquePrefix } from './helpers/app';
 
 /** Sets req.user from X-User / X-Plan / X-Beta, as auth would. */
 const fakeAuth: RequestHandler = (req, _res, next) => {
@@ -413,7 +413,7 @@ describeRedis("featureFlags: source 'redis'", () => {
     redis = new Redis(redisUrl as string);
   });
   afterEach(async () => {
-    await Promise.all(stacks.splice(0).map((s) => s.close()));
+    await closeAll(stacks);
     await redis.quit();
   });
   const instance = (keyPrefix: string, logger = recordingLogger().logger, syncInterval: string | number = '30s') => {

@@ -8,7 +8,7 @@ import { resetForwardedForWarning } from '../lib/forwarded-for';
 import { MemoryStores, RedisStores } from '../lib/stores';
 import { ipBlocklistStore } from '../lib/stores/ip-blocklist';
 import { resetWarnings } from '../lib/warnings';
-import { describeRedis, eventually, newApp, recordingLogger, redisUrl, uniquePrefix } from './helpers/app';
+import { closeAll, describeRedis, eventually, newApp, recordingLogger, redisUrl, stacksClosedAfterEach, uniquePrefix } from './helpers/app';
 
 /** An app with `filter` alone (no stack), trusting the loopback proxy so X-Forwarded-For picks the client IP. */
 function aloneWith(filter: RequestHandler, trustProxy: string | false = 'loopback'): Express {
@@ -394,15 +394,12 @@ async function settleConnections(stack: Stack): Promise<void> {
 }
 
 describeRedis('ipFilter shared through Redis', () => {
-  const stacks: Stack[] = [];
+  const stacks = stacksClosedAfterEach<Stack>();
   let raw: Redis;
   beforeAll(() => {
     raw = new Redis(redisUrl as string);
   });
   afterAll(() => raw.quit());
-  afterEach(async () => {
-    await Promise.all(stacks.splice(0).map((s) => s.close()));
-  });
 
   function instance(prefix: string, ipFilterOptions: IpFilterOptions | true = true, redis: string = redisUrl as string) {
     const { logger, lines } = recordingLogger();
@@ -546,7 +543,7 @@ describeRedis('ipFilter shared through Redis', () => {
     } finally {
       proxy.restore();
       await settleConnections(a.stack);
-      await Promise.all(stacks.splice(0).map((s) => s.close()));
+      await closeAll(stacks);
       await proxy.close();
     }
   });
@@ -573,7 +570,7 @@ describeRedis('ipFilter shared through Redis', () => {
     } finally {
       proxy.restore();
       await settleConnections(a.stack);
-      await Promise.all(stacks.splice(0).map((s) => s.close()));
+      await closeAll(stacks);
       await proxy.close();
     }
   });

@@ -49,7 +49,7 @@ export function slotsOf(req: Request): RequestSlots {
     if (typeof res === 'object' && res !== null) toDictionaryMode(res);
     slots = new RequestSlots();
     (req as Slotted)[SLOTS] = slots;
-    if ((req as { [ACCESSORS]?: boolean })[ACCESSORS] !== true) installRequestAccessors(req);
+    onceOnExpressPrototype(req, ACCESSORS, defineRequestAccessors);
   }
   return slots;
 }
@@ -106,6 +106,22 @@ export function expressResponsePrototype(res: Response): object | undefined {
   return prototypeAbove(res, ServerResponse.prototype);
 }
 
+/**
+ * Runs `install` once on the Express prototype `target` inherits from (its `request` object for a
+ * request, `response` for a response), marking it with `marker` so later calls cost one property
+ * read. Returns false for an object outside Express (a test double), where nothing is installed.
+ */
+export function onceOnExpressPrototype(target: Request | Response, marker: symbol, install: (proto: object) => void): boolean {
+  if ((target as unknown as Record<symbol, unknown>)[marker] === true) return true;
+  const proto = target instanceof ServerResponse ? expressResponsePrototype(target as Response) : expressRequestPrototype(target as Request);
+  if (proto === undefined) return false;
+  if (!Object.prototype.hasOwnProperty.call(proto, marker)) {
+    install(proto);
+    Object.defineProperty(proto, marker, { value: true, enumerable: false });
+  }
+  return true;
+}
+
 function prototypeAbove(obj: object, base: object): object | undefined {
   let proto = Object.getPrototypeOf(obj) as object | null;
   while (proto !== null && Object.getPrototypeOf(proto) !== base) proto = Object.getPrototypeOf(proto) as object | null;
@@ -113,13 +129,11 @@ function prototypeAbove(obj: object, base: object): object | undefined {
 }
 
 /**
- * Defines `req.id` and `req.context` once, as accessors on Express's request prototype backed by
- * the slots. Assigning them (user code, another request-id library) stores into the slots too.
- * A request outside Express keeps plain own properties.
+ * `req.id` and `req.context` as accessors on Express's request prototype backed by the slots.
+ * Assigning them (user code, another request-id library) stores into the slots too. A request
+ * outside Express keeps plain own properties.
  */
-function installRequestAccessors(req: Request): void {
-  const proto = expressRequestPrototype(req);
-  if (proto === undefined || Object.prototype.hasOwnProperty.call(proto, ACCESSORS)) return;
+function defineRequestAccessors(proto: object): void {
   for (const name of ['id', 'context'] as const) {
     if (Object.prototype.hasOwnProperty.call(proto, name)) continue;
     Object.defineProperty(proto, name, {
@@ -133,7 +147,6 @@ function installRequestAccessors(req: Request): void {
       configurable: true,
     });
   }
-  Object.defineProperty(proto, ACCESSORS, { value: true, enumerable: false });
 }
 
 /** Sets `req.id` (unless `id` is undefined) and `req.context`: in the slots, and as own properties on a request outside Express. */

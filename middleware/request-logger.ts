@@ -4,7 +4,7 @@ import { runtimeOf } from '../lib/runtime';
 import type { Logger } from '../lib/logger';
 import { clientIp } from '../lib/client-ip';
 import { contextOf } from '../lib/context';
-import { expressResponsePrototype, peekSlots, slotsOf } from '../lib/request-slots';
+import { onceOnExpressPrototype, peekSlots, slotsOf } from '../lib/request-slots';
 import { onResponseDone } from '../lib/response-done';
 
 /** Options of {@link requestLogger}. */
@@ -92,7 +92,7 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
  */
 function setResponseTimeOnHeaders(req: Request, res: Response, start: bigint): void {
   slotsOf(req).responseTimeStart = start;
-  if ((res as { [RESPONSE_TIME]?: boolean })[RESPONSE_TIME] === true || installResponseTime(res)) return;
+  if (onceOnExpressPrototype(res, RESPONSE_TIME, defineResponseTimeWriteHead)) return;
   const writeHead = res.writeHead;
   res.writeHead = function writeHeadWithResponseTime(this: Response) {
     stampResponseTime(this, req);
@@ -114,24 +114,18 @@ function stampResponseTime(res: Response, req: Request | undefined): void {
 }
 
 /** Defines the stamping writeHead on the prototype just above http.ServerResponse (Express's `response`); false when there is none. */
-function installResponseTime(res: Response): boolean {
-  const proto = expressResponsePrototype(res);
-  if (proto === undefined) return false;
-  if (!Object.prototype.hasOwnProperty.call(proto, RESPONSE_TIME)) {
-    const writeHead = (proto as { writeHead: Response['writeHead'] }).writeHead;
-    Object.defineProperty(proto, 'writeHead', {
-      value: function writeHeadWithResponseTime(this: Response) {
-        stampResponseTime(this, this.req as Request | undefined);
-        // eslint-disable-next-line prefer-rest-params
-        return writeHead.apply(this, arguments as unknown as Parameters<Response['writeHead']>);
-      },
-      writable: true,
-      enumerable: false,
-      configurable: true,
-    });
-    Object.defineProperty(proto, RESPONSE_TIME, { value: true, enumerable: false });
-  }
-  return true;
+function defineResponseTimeWriteHead(proto: object): void {
+  const writeHead = (proto as { writeHead: Response['writeHead'] }).writeHead;
+  Object.defineProperty(proto, 'writeHead', {
+    value: function writeHeadWithResponseTime(this: Response) {
+      stampResponseTime(this, this.req as Request | undefined);
+      // eslint-disable-next-line prefer-rest-params
+      return writeHead.apply(this, arguments as unknown as Parameters<Response['writeHead']>);
+    },
+    writable: true,
+    enumerable: false,
+    configurable: true,
+  });
 }
 
 // The query string can carry tokens; the log keeps the path only.

@@ -3,7 +3,7 @@ import type { Counter } from 'prom-client';
 import { ConfigError } from '../lib/errors';
 import { counter } from '../lib/metrics-registry';
 import { checkOptions, oneOf } from '../lib/options';
-import { expressRequestPrototype } from '../lib/request-slots';
+import { onceOnExpressPrototype } from '../lib/request-slots';
 import { loggerOf, perRuntime } from '../lib/runtime';
 import { compileAllow } from '../lib/sanitize/allow';
 import { DETECTORS, detectAttacks } from '../lib/sanitize';
@@ -93,11 +93,10 @@ export function sanitize(options: SanitizeOptions = {}): RequestHandler {
     counter(rt.registry, 'sanitize_detections_total', 'Request fields sanitize found an attack in, by category and action taken.', ['category', 'action']),
   );
 
-  let assignableQuery = false;
   return function sanitizeMiddleware(req, _res, next) {
     const walk = new Walk(cfg);
     try {
-      if (doQuery && !assignableQuery) assignableQuery = makeQueryAssignable(req);
+      if (doQuery) onceOnExpressPrototype(req, QUERY_SETTER, defineQuerySetter);
       // No query string, nothing to read (Express 5 would parse an empty one on each read).
       if (doQuery && req.url.includes('?')) {
         const query: unknown = req.query;
@@ -132,9 +131,9 @@ export function sanitize(options: SanitizeOptions = {}): RequestHandler {
  * request costs a new hidden class, so instead the getter gets a setter, once, on Express's
  * request prototype: assigning makes the own property only for requests that do it.
  */
-function makeQueryAssignable(req: Request): boolean {
-  const proto = expressRequestPrototype(req);
-  if (proto === undefined) return false;
+const QUERY_SETTER = Symbol.for('express-perimeter.sanitize.query-setter');
+
+function defineQuerySetter(proto: object): void {
   const descriptor = Object.getOwnPropertyDescriptor(proto, 'query');
   if (descriptor !== undefined && descriptor.get !== undefined && descriptor.set === undefined && descriptor.configurable === true) {
     Object.defineProperty(proto, 'query', {
@@ -146,7 +145,6 @@ function makeQueryAssignable(req: Request): boolean {
       configurable: true,
     });
   }
-  return true;
 }
 
 function report(req: Request, findings: Finding[], detections: Counter<'category' | 'action'>): void {

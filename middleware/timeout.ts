@@ -4,7 +4,7 @@ import { answerEarly } from '../lib/late-response';
 import { checkOptions } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import { parseDuration } from '../lib/units';
-import { expressRequestPrototype, peekSlots, responseSlots, slotsOf } from '../lib/request-slots';
+import { onceOnExpressPrototype, peekSlots, responseSlots, slotsOf } from '../lib/request-slots';
 
 /** Options of {@link timeout}. */
 export interface TimeoutOptions {
@@ -76,12 +76,9 @@ function setSignal(this: Request, value: AbortSignal): void {
 }
 
 /** Defines the accessor on the request prototype just above http.IncomingMessage (Express's `request`); false when there is none. */
-function installSignal(req: Request): boolean {
-  const proto = expressRequestPrototype(req);
-  if (proto === undefined || Object.prototype.hasOwnProperty.call(proto, 'signal')) return false;
+function defineSignal(proto: object): void {
+  if (Object.prototype.hasOwnProperty.call(proto, 'signal')) return;
   Object.defineProperty(proto, 'signal', { get: signalOf, set: setSignal, enumerable: false, configurable: true });
-  Object.defineProperty(proto, SIGNAL_READY, { value: true, enumerable: false });
-  return true;
 }
 
 /**
@@ -104,7 +101,7 @@ export function timeout(options: TimeoutOptions = {}): RequestHandler {
     if (state === undefined) {
       state = { req, res, controller: undefined, reason: undefined, timer: undefined, ms, fired: false };
       slots.timeout = state;
-      if ((req as { [SIGNAL_READY]?: boolean })[SIGNAL_READY] !== true && !installSignal(req)) {
+      if (!onceOnExpressPrototype(req, SIGNAL_READY, defineSignal)) {
         // Not an Express request on http.IncomingMessage (a test double): an own property, made now.
         req.signal = signalOf.call(req) as AbortSignal;
       }

@@ -81,5 +81,17 @@ export function stackApp(config: StackConfig, routes: (app: Express) => void) {
 
 /** Closes every stack {@link stackApp} made since the last call. */
 export async function closeStacks(): Promise<void> {
-  await Promise.all(openStacks.splice(0).map((s) => s.close()));
+  await closeAll(openStacks);
+}
+
+/** Empties `stacks` and closes what it held. */
+export async function closeAll(stacks: Array<{ close(): Promise<void> }>): Promise<void> {
+  await Promise.all(stacks.splice(0).map((s) => s.close()));
+}
+
+/** A list the calling describe block pushes its stacks into; they are closed after each test. */
+export function stacksClosedAfterEach<T extends { close(): Promise<void> }>(): T[] {
+  const stacks: T[] = [];
+  afterEach(() => closeAll(stacks));
+  return stacks;
 }
