@@ -3,7 +3,7 @@ import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Request } from 'express';
 import { detectDevice, type Device } from './device';
 import { defaultLogger, type Logger } from './logger';
-import { peekSlots, setIdentity } from './request-slots';
+import { setIdentity } from './request-slots';
 
 /** The authenticated user, as `auth` sets it. */
 export interface ContextUser {
@@ -121,13 +121,9 @@ export function bindToContext<A extends unknown[]>(req: Request, fn: (...args: A
   return (...args: A) => storage.run(ctx, fn, ...args);
 }
 
-/**
- * `req.context` for the library's own hot paths: one read of the slots instead of the accessor
- * (on Express's prototype) and then the slots; each property read on a request costs a slow
- * lookup (see lib/request-slots).
- */
+/** `req.context`, or undefined on a request no perimeter middleware gave a context (its type says it is always there). */
 export function contextOf(req: Request): RequestContext | undefined {
-  return peekSlots(req)?.context as RequestContext | undefined;
+  return req.context as RequestContext | undefined;
 }
 
 /**

@@ -18,7 +18,6 @@ export interface PerimeterRuntime {
   respondError: ErrorResponder;
 }
 
-
 let standalone: PerimeterRuntime | undefined;
 /** The runtime of middleware used without a stack: default logger, memory stores, prom-client's global registry. */
 export function standaloneRuntime(): PerimeterRuntime {
@@ -59,7 +58,6 @@ export function perRuntime<T>(build: (runtime: PerimeterRuntime) => T): (req: Re
 
 /** The logger for `req`: its context's child logger, else the stack's, else the default. */
 export function loggerOf(req: Request): Logger {
-  const slots = peekSlots(req);
-  const ctx = slots?.context as RequestContext | undefined;
-  return ctx?.log ?? ((slots?.runtime as PerimeterRuntime | undefined) ?? standaloneRuntime()).logger;
+  const ctx = req.context as RequestContext | undefined;
+  return ctx?.log ?? runtimeOf(req).logger;
 }

@@ -4,7 +4,6 @@ import { runtimeOf } from '../lib/runtime';
 import type { Logger } from '../lib/logger';
 import { clientIp } from '../lib/client-ip';
 import { contextOf } from '../lib/context';
-import { onceOnExpressPrototype, peekSlots, slotsOf } from '../lib/request-slots';
 import { onResponseDone } from '../lib/response-done';
 
 /** Options of {@link requestLogger}. */
@@ -40,7 +39,7 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
   return function requestLoggerMiddleware(req, res, next) {
     const context = contextOf(req);
     const start = context?.startHr ?? process.hrtime.bigint();
-    if (responseTime) setResponseTimeOnHeaders(req, res, start);
+    if (responseTime) setResponseTimeOnHeaders(res, start);
     if ((skipPaths !== undefined && skipPaths.has(req.path)) || (skipFn !== undefined && skipFn(req, res))) return next();
     onResponseDone(res, function logRequest() {
       const durationMs = Math.round(Number(process.hrtime.bigint() - start) / 1e4) / 100;
@@ -83,49 +82,20 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
 }
 
 /**
- * Sets `X-Response-Time` just before the headers go out. A lean form of on-headers: the response
- * time needs no status code or header arguments, so writeHead's arguments pass through untouched.
- * On Express responses the writeHead that does it is defined once, on Express's response
- * prototype, and reads the start from the request's slots: replacing `res.writeHead` on each
- * response adds a property to it, which costs a new hidden class per response (see
- * lib/request-slots). Elsewhere the response gets its own writeHead.
+ * Sets `X-Response-Time` just before the headers go out, as on-headers does: this one response's
+ * `writeHead` is wrapped (an own property of the response; Express's and Node's prototypes are
+ * left alone). The response time needs no status code or header arguments, so writeHead's
+ * arguments pass through untouched. When two loggers wrap one response, the outer one stamps it.
  */
-function setResponseTimeOnHeaders(req: Request, res: Response, start: bigint): void {
-  slotsOf(req).responseTimeStart = start;
-  if (onceOnExpressPrototype(res, RESPONSE_TIME, defineResponseTimeWriteHead)) return;
+function setResponseTimeOnHeaders(res: Response, start: bigint): void {
   const writeHead = res.writeHead;
   res.writeHead = function writeHeadWithResponseTime(this: Response) {
-    stampResponseTime(this, req);
+    if (!this.headersSent && this.getHeader('X-Response-Time') === undefined) {
+      this.setHeader('X-Response-Time', `${(Number(process.hrtime.bigint() - start) / 1e6).toFixed(2)}ms`);
+    }
     // eslint-disable-next-line prefer-rest-params
     return writeHead.apply(this, arguments as unknown as Parameters<Response['writeHead']>);
   } as Response['writeHead'];
-}
-
-const RESPONSE_TIME = Symbol.for('express-perimeter.response-time');
-
-function stampResponseTime(res: Response, req: Request | undefined): void {
-  const slots = req === undefined ? undefined : peekSlots(req);
-  const start = slots?.responseTimeStart;
-  if (slots === undefined || start === undefined) return;
-  slots.responseTimeStart = undefined;
-  if (!res.headersSent && res.getHeader('X-Response-Time') === undefined) {
-    res.setHeader('X-Response-Time', `${(Number(process.hrtime.bigint() - start) / 1e6).toFixed(2)}ms`);
-  }
-}
-
-/** Defines the stamping writeHead on the prototype just above http.ServerResponse (Express's `response`); false when there is none. */
-function defineResponseTimeWriteHead(proto: object): void {
-  const writeHead = (proto as { writeHead: Response['writeHead'] }).writeHead;
-  Object.defineProperty(proto, 'writeHead', {
-    value: function writeHeadWithResponseTime(this: Response) {
-      stampResponseTime(this, this.req as Request | undefined);
-      // eslint-disable-next-line prefer-rest-params
-      return writeHead.apply(this, arguments as unknown as Parameters<Response['writeHead']>);
-    },
-    writable: true,
-    enumerable: false,
-    configurable: true,
-  });
 }
 
 // The query string can carry tokens; the log keeps the path only.

@@ -3,7 +3,7 @@ import type { Counter } from 'prom-client';
 import { ConfigError } from '../lib/errors';
 import { counter } from '../lib/metrics-registry';
 import { checkOptions, oneOf } from '../lib/options';
-import { onceOnExpressPrototype } from '../lib/request-slots';
+import { defineOwn } from '../lib/request-slots';
 import { loggerOf, perRuntime } from '../lib/runtime';
 import { compileAllow } from '../lib/sanitize/allow';
 import { DETECTORS, detectAttacks } from '../lib/sanitize';
@@ -96,15 +96,14 @@ export function sanitize(options: SanitizeOptions = {}): RequestHandler {
   return function sanitizeMiddleware(req, _res, next) {
     const walk = new Walk(cfg);
     try {
-      if (doQuery) onceOnExpressPrototype(req, QUERY_SETTER, defineQuerySetter);
-      // No query string, nothing to read (Express 5 would parse an empty one on each read).
-      if (doQuery && req.url.includes('?')) {
-        const query: unknown = req.query;
-        const cleaned = query === undefined ? undefined : walk.source('query', query);
-        // Express 5 re-parses the URL on every read of req.query, so assigning would be lost:
-        // an own property shadows the getter for the rest of the request. Only when something
-        // changed: each property added to req costs a new hidden class (see lib/request-slots).
-        if (cleaned !== query) Object.defineProperty(req, 'query', { value: cleaned, writable: true, configurable: true, enumerable: true });
+      const query: unknown = doQuery ? req.query : undefined;
+      if (query !== undefined) {
+        // No query string, nothing to clean.
+        const cleaned = req.url.includes('?') ? walk.source('query', query) : query;
+        // Express 5's req.query is a getter on its shared request prototype: it re-parses the URL
+        // on every read (the cleaning would be lost) and cannot be assigned. An own property of
+        // this request holds the cleaned query and lets handlers assign it, as on Express 4.
+        defineOwn(req, 'query', cleaned);
       }
       if (doBody && req.body !== undefined) {
         const body: unknown = req.body;
@@ -123,28 +122,6 @@ export function sanitize(options: SanitizeOptions = {}): RequestHandler {
     if (walk.findings !== undefined) report(req, walk.findings, detections(req));
     next();
   };
-}
-
-/**
- * Express 5's `req.query` is a getter only, so `req.query = x` throws. sanitize used to shadow it
- * on every request (so handlers could assign it, as on Express 4); a property added to each
- * request costs a new hidden class, so instead the getter gets a setter, once, on Express's
- * request prototype: assigning makes the own property only for requests that do it.
- */
-const QUERY_SETTER = Symbol.for('express-perimeter.sanitize.query-setter');
-
-function defineQuerySetter(proto: object): void {
-  const descriptor = Object.getOwnPropertyDescriptor(proto, 'query');
-  if (descriptor !== undefined && descriptor.get !== undefined && descriptor.set === undefined && descriptor.configurable === true) {
-    Object.defineProperty(proto, 'query', {
-      get: descriptor.get,
-      set(this: Request, value: unknown) {
-        Object.defineProperty(this, 'query', { value, writable: true, configurable: true, enumerable: true });
-      },
-      enumerable: descriptor.enumerable,
-      configurable: true,
-    });
-  }
 }
 
 function report(req: Request, findings: Finding[], detections: Counter<'category' | 'action'>): void {

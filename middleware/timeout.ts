@@ -4,7 +4,7 @@ import { answerEarly } from '../lib/late-response';
 import { checkOptions } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import { parseDuration } from '../lib/units';
-import { onceOnExpressPrototype, peekSlots, responseSlots, slotsOf } from '../lib/request-slots';
+import { defineOwn, peekSlots, responseSlots, slotsOf } from '../lib/request-slots';
 
 /** Options of {@link timeout}. */
 export interface TimeoutOptions {
@@ -53,12 +53,11 @@ export function abortReasonOf(req: Request): Error | undefined {
   return (peekSlots(req)?.timeout as TimeoutState | undefined)?.reason;
 }
 
-// `req.signal` is an accessor on Express's request prototype, defined once, that makes the
-// request's AbortController on first read: an AbortController costs about as much as the rest of
-// this middleware, and most requests never read the signal. Defining the property on each request
-// instead (an accessor or a data property added late) put req objects on V8's slow path, which
-// made every later property access dearer.
-const SIGNAL_READY = Symbol.for('express-perimeter.timeout.signal');
+// `req.signal` is an own accessor of each request timeout() sees, which makes the request's
+// AbortController on first read: an AbortController costs about as much as the rest of this
+// middleware, and most requests never read the signal. Own, so that it shadows any `signal` a
+// prototype may have (Node's or Express's own, some day) for this request only.
+const SIGNAL: PropertyDescriptor = { get: signalOf, set: setSignal, enumerable: false, configurable: true };
 
 function signalOf(this: Request): AbortSignal | undefined {
   const state = peekSlots(this)?.timeout as TimeoutState | undefined;
@@ -71,14 +70,8 @@ function signalOf(this: Request): AbortSignal | undefined {
 }
 
 function setSignal(this: Request, value: AbortSignal): void {
-  // Someone else's signal (an assignment by user code): an own property shadows the accessor.
-  Object.defineProperty(this, 'signal', { value, writable: true, enumerable: true, configurable: true });
-}
-
-/** Defines the accessor on the request prototype just above http.IncomingMessage (Express's `request`); false when there is none. */
-function defineSignal(proto: object): void {
-  if (Object.prototype.hasOwnProperty.call(proto, 'signal')) return;
-  Object.defineProperty(proto, 'signal', { get: signalOf, set: setSignal, enumerable: false, configurable: true });
+  // Someone else's signal (an assignment by user code) replaces the accessor.
+  defineOwn(this, 'signal', value);
 }
 
 /**
@@ -101,10 +94,7 @@ export function timeout(options: TimeoutOptions = {}): RequestHandler {
     if (state === undefined) {
       state = { req, res, controller: undefined, reason: undefined, timer: undefined, ms, fired: false };
       slots.timeout = state;
-      if (!onceOnExpressPrototype(req, SIGNAL_READY, defineSignal)) {
-        // Not an Express request on http.IncomingMessage (a test double): an own property, made now.
-        req.signal = signalOf.call(req) as AbortSignal;
-      }
+      Object.defineProperty(req, 'signal', SIGNAL);
       if (res.destroyed) abort(state, new ClientClosedRequestError());
       else res.on('close', onResponseClose);
     } else if (state.fired) {
