@@ -24,7 +24,8 @@ const ANSWERS: Record<string, { status: number; code: string; message: string }>
 };
 const BAD_REQUEST = { status: 400, code: 'BAD_REQUEST', message: 'The request could not be parsed as HTTP.' };
 
-const INSTALLED = Symbol.for('express-perimeter.clientErrors');
+// The servers this copy of the library answers for (weak: a closed server takes its entry along).
+const installed = new WeakSet<object>();
 const VALID_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /**
@@ -52,13 +53,18 @@ export function handleClientErrors<S extends EventEmitter>(server: S, options: C
   if (typeof generator !== 'function') {
     throw new ConfigError('handleClientErrors.generator', 'expected a function returning a request id');
   }
-  const marked = server as unknown as Record<symbol, boolean>;
-  if (marked[INSTALLED]) return server;
-  marked[INSTALLED] = true;
+  if (installed.has(server)) return server;
+  installed.add(server);
   const logger = options.logger;
 
   server.on('clientError', function onClientError(err: NodeJS.ErrnoException, socket: Duplex) {
     try {
+      // Another 'clientError' listener (another copy of this library, the user's own) already
+      // answered: destroying the socket before the answer is flushed would cut it.
+      if (socket.writableEnded) {
+        if (socket.writableFinished) socket.destroy();
+        return;
+      }
       // Node's own rule: answer only when nothing of a response went out on this connection yet.
       const inFlight = (socket as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
       if (err.code === 'ECONNRESET' || !socket.writable || inFlight?.headersSent) {

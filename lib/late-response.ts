@@ -3,7 +3,7 @@ import type { Logger } from './logger';
 import type { PerimeterRuntime } from './runtime';
 import { WARNINGS, type WarningCode } from './warnings';
 
-const ANSWERED = Symbol.for('express-perimeter.answeredEarly');
+const ANSWERED = Symbol('express-perimeter.answeredEarly');
 
 /**
  * Every way a handler can write to a response: Node's own methods and the Express helpers built

@@ -86,7 +86,7 @@ const REASONS: Record<string, ReasonSpec> = {
   forbidden: { code: 'FORBIDDEN', message: 'Access to this resource is forbidden.', invalidToken: false },
 };
 
-const AUTH_SEEN = Symbol.for('express-perimeter.auth.seen');
+const AUTH_SEEN = Symbol('express-perimeter.auth.seen');
 const failureCounter = perRuntime((rt) =>
   counter(rt.registry, 'auth_failures_total', 'Requests refused by auth and its guards, by reason.', ['reason']),
 );

@@ -52,7 +52,7 @@ declare module '../lib/create-stack' {
 const KNOWN = [...BREAKER_OPTION_KEYS, 'fallback', 'stores'] as const;
 // Set on a response an open circuit answered, so an outer breaker (the stack's, around a
 // route-level one) does not count the 503 as its own failure and open in cascade.
-const OPEN_ANSWER = Symbol.for('express-perimeter.circuitOpenAnswer');
+const OPEN_ANSWER = Symbol('express-perimeter.circuitOpenAnswer');
 // The breaker name of middleware used outside a route (app.use) without a `name`.
 const DEFAULT_NAME = 'default';
 

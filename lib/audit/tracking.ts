@@ -2,7 +2,7 @@ import type { Request, Response } from 'express';
 import type { AuditRequestState } from './record';
 
 /** Where the state of a recorded request lives on `req`. */
-export const AUDIT_STATE = Symbol.for('express-perimeter.audit');
+export const AUDIT_STATE = Symbol('express-perimeter.audit');
 
 /** An auditLog as `audit('EVENT')` sees it: something that can start recording a request. */
 export interface AuditTracker {
