@@ -2,7 +2,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { request } from 'node:http';
 import { cpus, loadavg } from 'node:os';
-import { join } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import { SCENARIOS, type BenchRequest, type Scenario } from './servers/scenarios';
 
 // `npm run bench`: the cost of createStack() against bare Express, measured from dist/.
@@ -13,6 +13,10 @@ import { SCENARIOS, type BenchRequest, type Scenario } from './servers/scenarios
 //                 load phase stays near a minute)     BENCH_ROUNDS       rounds (default 3)
 // BENCH_WARMUP    warm-up seconds (default 2)        BENCH_CONNECTIONS  connections (default 50)
 // BENCH_SCENARIOS comma list of scenario names (default: all whose packages are installed)
+// BENCH_COMPARE_DIST comma list of other builds of the library (e.g. `npx tsc -p tsconfig.build.json
+//                 --outDir .bench/before` on an older commit): every scenario that uses the library also runs
+//                 from each, as `<scenario>@<folder name>`, in the same alternating rounds
+//                 (scenarios without the library, `bare` and `hand-assembled`, run once)
 
 /** The part of autocannon's result the bench reads. */
 interface AutocannonResult {
@@ -37,6 +41,10 @@ interface Round {
 
 interface Running {
   name: string;
+  /** The scenario's key in SCENARIOS (`name` without the `@build` suffix). */
+  key: string;
+  /** The build the server loads. */
+  dist: string;
   scenario: Scenario;
   child: ChildProcess;
   port: number;
@@ -50,6 +58,7 @@ const WARMUP = positive('BENCH_WARMUP', 2);
 const CONNECTIONS = Math.round(positive('BENCH_CONNECTIONS', 50));
 const BASELINE = 'bare';
 const ROOT = join(__dirname, '..');
+const DIST = join(ROOT, 'dist');
 
 function positive(name: string, fallback: number): number {
   const raw = process.env[name];
@@ -68,14 +77,29 @@ function installed(pkg: string): boolean {
   }
 }
 
-function selectScenarios(): Array<[string, Scenario]> {
+/** What each server runs: its scenario and the build of the library it loads. */
+interface Planned {
+  name: string;
+  key: string;
+  dist: string;
+  scenario: Scenario;
+}
+
+function selectScenarios(): Planned[] {
   const wanted = process.env.BENCH_SCENARIOS?.split(',')
     .map((s) => s.trim())
     .filter(Boolean);
   for (const name of wanted ?? []) {
     if (!(name in SCENARIOS)) throw new Error(`BENCH_SCENARIOS: unknown scenario '${name}' (known: ${Object.keys(SCENARIOS).join(', ')})`);
   }
-  const picked: Array<[string, Scenario]> = [];
+  const compare = (process.env.BENCH_COMPARE_DIST ?? '')
+    .split(',')
+    .filter((d) => d.trim() !== '')
+    .map((d) => resolve(d.trim()));
+  for (const dist of compare) {
+    if (!existsSync(join(dist, 'index.js'))) throw new Error(`BENCH_COMPARE_DIST: ${dist}/index.js is missing`);
+  }
+  const picked: Planned[] = [];
   for (const [name, scenario] of Object.entries(SCENARIOS)) {
     if (wanted && !wanted.includes(name) && name !== BASELINE) continue;
     const missing = (scenario.requires ?? []).filter((pkg) => !installed(pkg));
@@ -83,16 +107,18 @@ function selectScenarios(): Array<[string, Scenario]> {
       console.log(`skipping '${name}': not installed: ${missing.join(', ')} (npm install -D ${missing.join(' ')})`);
       continue;
     }
-    picked.push([name, scenario]);
+    picked.push({ name, key: name, dist: DIST, scenario });
+    if (scenario.usesLibrary === false) continue;
+    for (const dist of compare) picked.push({ name: `${name}@${basename(dist)}`, key: name, dist, scenario });
   }
   return picked;
 }
 
-function start(name: string, scenario: Scenario): Promise<Running> {
-  const child = fork(join(__dirname, 'servers', 'server.ts'), [name], {
+function start({ name, key, dist, scenario }: Planned): Promise<Running> {
+  const child = fork(join(__dirname, 'servers', 'server.ts'), [key], {
     execArgv: ['-r', 'ts-node/register/transpile-only'],
     // Production mode, as deployed: Express and the stack skip their development-only work.
-    env: { ...process.env, NODE_ENV: 'production', LOG_LEVEL: 'info' },
+    env: { ...process.env, NODE_ENV: 'production', LOG_LEVEL: 'info', BENCH_DIST: dist },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   return new Promise((resolve, reject) => {
@@ -100,7 +126,7 @@ function start(name: string, scenario: Scenario): Promise<Running> {
     child.once('message', (message: { port?: number }) => {
       clearTimeout(timer);
       if (typeof message?.port !== 'number') return reject(new Error(`server '${name}' sent ${JSON.stringify(message)}`));
-      resolve({ name, scenario, child, port: message.port, rounds: [] });
+      resolve({ name, key, dist, scenario, child, port: message.port, rounds: [] });
     });
     child.once('exit', (code) => {
       clearTimeout(timer);
@@ -209,7 +235,7 @@ function report(servers: Running[]): void {
     );
   }
   console.log('\nScenarios:');
-  for (const s of servers) console.log(`  ${s.name}: ${s.scenario.description}`);
+  for (const s of servers) console.log(`  ${s.name}: ${s.scenario.description}${s.dist === DIST ? '' : ` (library from ${s.dist})`}`);
   console.log(
     `\nNote: ${cpus().length} CPU core(s) shared by autocannon (this process) and the server under load; ` +
       'absolute req/s is lower than with a separate load generator. Compare ratios, not raw numbers, across machines. ' +
@@ -229,7 +255,7 @@ function report(servers: Running[]): void {
 }
 
 async function main(): Promise<void> {
-  if (!existsSync(join(ROOT, 'dist', 'index.js'))) throw new Error('dist/index.js is missing: run `npm run build` (npm run bench does it)');
+  if (!existsSync(join(DIST, 'index.js'))) throw new Error('dist/index.js is missing: run `npm run build` (npm run bench does it)');
   const picked = selectScenarios();
   const duration = positive('BENCH_DURATION', Math.max(2, Math.min(5, Math.floor(LOAD_BUDGET / (ROUNDS * picked.length)))));
   console.log(
@@ -239,7 +265,7 @@ async function main(): Promise<void> {
   );
   const servers: Running[] = [];
   try {
-    for (const [name, scenario] of picked) servers.push(await start(name, scenario));
+    for (const pick of picked) servers.push(await start(pick));
     console.log('probe:');
     for (const server of servers) await probe(server);
     for (const server of servers) await load(server, WARMUP);

@@ -31,6 +31,8 @@ export interface Scenario {
   request?: BenchRequest;
   /** Status every benchmarked response must have. Defaults to 200. */
   expectStatus?: number;
+  /** False for a scenario that does not use express-perimeter (no need to run it on each BENCH_COMPARE_DIST build). Defaults to true. */
+  usesLibrary?: boolean;
   /** Mounts the scenario's middleware before the route; returns what goes after the route (error handlers). */
   setup(app: Express, lib: BenchLib): { after?: Array<RequestHandler | ErrorRequestHandler>; close?: () => Promise<void> } | void;
 }
@@ -77,6 +79,7 @@ export function benchStack({ perimeter, hasMiddleware }: BenchLib, extra: Perime
 export const SCENARIOS: Record<string, Scenario> = {
   bare: {
     description: 'Express 5, one JSON route, no middleware',
+    usesLibrary: false,
     setup: () => undefined,
   },
 
@@ -84,6 +87,23 @@ export const SCENARIOS: Record<string, Scenario> = {
     description: 'createStack() defaults, memory stores, info logs formatted to a null stream',
     setup(app, lib) {
       const stack = benchStack(lib);
+      app.use(stack);
+      return { after: stack.errorHandler, close: () => stack.close() };
+    },
+  },
+
+  'stack-user-winston': {
+    description: "'stack' with the user's own winston logger (timestamp + json format, Stream transport into a null stream) instead of the default one",
+    requires: ['winston'],
+    setup(app, lib) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports -- loaded as the user's app would
+      const winston = require('winston') as typeof import('winston');
+      const logger = winston.createLogger({
+        level: 'info',
+        format: winston.format.combine(winston.format.timestamp(), winston.format.json()),
+        transports: [new winston.transports.Stream({ stream: nullStream() })],
+      });
+      const stack = benchStack(lib, { logger });
       app.use(stack);
       return { after: stack.errorHandler, close: () => stack.close() };
     },
@@ -188,6 +208,7 @@ export const SCENARIOS: Record<string, Scenario> = {
   'hand-assembled': {
     description: 'uuid id + express-winston + express-prom-bundle + helmet + express-rate-limit + json/urlencoded + hpp',
     requires: ['express-winston', 'express-prom-bundle', 'helmet', 'express-rate-limit', 'hpp', 'winston'],
+    usesLibrary: false,
     setup(app, { express }) {
       /* eslint-disable @typescript-eslint/no-require-imports -- optional packages, loaded only when installed */
       const winston = require('winston') as typeof import('winston');
