@@ -1,4 +1,5 @@
 import http from 'node:http';
+import net, { type AddressInfo } from 'node:net';
 import type { Express, NextFunction, Request, RequestHandler, Response } from 'express';
 import request from 'supertest';
 
@@ -368,5 +369,27 @@ describe('two copies of the library in one process (#12)', () => {
 
     expect(snapshot(sharedObjects([appA, appB]))).toEqual(before);
     expect(snapshot(sharedObjects())).toEqual(PRISTINE);
+  });
+
+  it('answer a request the HTTP parser refused once, whole, when both handle the server\'s client errors (#12)', async () => {
+    const a = load();
+    const b = load();
+    const server = http.createServer(express());
+    a.handleClientErrors(server, { logger: recordingLogger().logger, generator: () => 'from-a' });
+    b.handleClientErrors(server, { logger: recordingLogger().logger, generator: () => 'from-b' });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const socket = net.connect((server.address() as AddressInfo).port, '127.0.0.1');
+      let data = '';
+      socket.on('data', (c: Buffer) => (data += c.toString('latin1')));
+      socket.write('HELLO\r\n\r\n');
+      await new Promise((r) => socket.once('close', r));
+      expect(data.match(/HTTP\/1\.1 /g)).toHaveLength(1);
+      const body = JSON.parse(data.slice(data.indexOf('\r\n\r\n') + 4)) as { error: Record<string, unknown> };
+      expect(body.error).toEqual({ code: 'BAD_REQUEST', message: 'The request could not be parsed as HTTP.', request_id: 'from-a' });
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
   });
 });
