@@ -2,7 +2,7 @@ import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { Agent, request } from 'node:http';
 import { tmpdir } from 'node:os';
-import { basename, join, resolve } from 'node:path';
+import { basename, delimiter, join, resolve } from 'node:path';
 import { SCENARIOS, type Scenario } from './servers/scenarios';
 
 // `npx ts-node --transpile-only bench/instructions.ts`: the CPU instructions each scenario's server
@@ -60,6 +60,11 @@ function list(name: string, fallback: string): string[] {
     .filter(Boolean);
 }
 
+/** The project's node_modules on NODE_PATH, so a build compared from outside the project (/tmp/…) finds its dependencies. */
+function nodePath(): string {
+  return [join(ROOT, 'node_modules'), process.env.NODE_PATH].filter(Boolean).join(delimiter);
+}
+
 function start(name: string, key: string, dist: string): Promise<Server> {
   const scenario = SCENARIOS[key];
   const outDir = mkdtempSync(join(tmpdir(), 'perimeter-callgrind-'));
@@ -75,7 +80,7 @@ function start(name: string, key: string, dist: string): Promise<Server> {
       '-r',
       'ts-node/register/transpile-only',
     ],
-    env: { ...process.env, NODE_ENV: 'production', LOG_LEVEL: 'info', BENCH_DIST: dist },
+    env: { ...process.env, NODE_ENV: 'production', LOG_LEVEL: 'info', BENCH_DIST: dist, NODE_PATH: nodePath() },
     stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
   });
   return new Promise((resolvePort, reject) => {

@@ -2,7 +2,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { request } from 'node:http';
 import { cpus, loadavg } from 'node:os';
-import { basename, join, resolve } from 'node:path';
+import { basename, delimiter, join, resolve } from 'node:path';
 import { SCENARIOS, type BenchRequest, type Scenario } from './servers/scenarios';
 
 // `npm run bench`: the cost of createStack() against bare Express, measured from dist/.
@@ -14,7 +14,7 @@ import { SCENARIOS, type BenchRequest, type Scenario } from './servers/scenarios
 // BENCH_WARMUP    warm-up seconds (default 2)        BENCH_CONNECTIONS  connections (default 50)
 // BENCH_SCENARIOS comma list of scenario names (default: all whose packages are installed)
 // BENCH_COMPARE_DIST comma list of other builds of the library (e.g. `npx tsc -p tsconfig.build.json
-//                 --outDir .bench/before` on an older commit): every scenario that uses the library also runs
+//                 --outDir /tmp/before` on an older commit): every scenario that uses the library also runs
 //                 from each, as `<scenario>@<folder name>`, in the same alternating rounds
 //                 (scenarios without the library, `bare` and `hand-assembled`, run once)
 
@@ -114,11 +114,16 @@ function selectScenarios(): Planned[] {
   return picked;
 }
 
+/** The project's node_modules on NODE_PATH, so a build compared from outside the project (/tmp/…) finds its dependencies. */
+function nodePath(): string {
+  return [join(ROOT, 'node_modules'), process.env.NODE_PATH].filter(Boolean).join(delimiter);
+}
+
 function start({ name, key, dist, scenario }: Planned): Promise<Running> {
   const child = fork(join(__dirname, 'servers', 'server.ts'), [key], {
     execArgv: ['-r', 'ts-node/register/transpile-only'],
     // Production mode, as deployed: Express and the stack skip their development-only work.
-    env: { ...process.env, NODE_ENV: 'production', LOG_LEVEL: 'info', BENCH_DIST: dist },
+    env: { ...process.env, NODE_ENV: 'production', LOG_LEVEL: 'info', BENCH_DIST: dist, NODE_PATH: nodePath() },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   return new Promise((resolve, reject) => {
