@@ -11,8 +11,8 @@ import { SCENARIOS, type Scenario } from './servers/scenarios';
 //
 // Each server runs under `valgrind --tool=callgrind --instr-atstart=no`; after a warm-up (so V8 has
 // optimised the hot paths), counting is switched on with callgrind_control, REQUESTS requests are
-// sent one after another on one keep-alive connection, and the count is dumped. Servers load
-// dist/ (run `npm run build` first), as `npm run bench` does.
+// sent one after another on one keep-alive connection, and the count is dumped; servers take
+// turns, REPEAT rounds. Servers load dist/ (run `npm run build` first), as `npm run bench` does.
 //
 // INSTR_SCENARIOS     comma list (default: bare,stack,stack-user-winston)
 // INSTR_REQUESTS      measured requests (default 2000)   INSTR_WARMUP  warm-up requests (default 3000)
@@ -190,29 +190,39 @@ async function main(): Promise<void> {
     if (scenario.usesLibrary !== false) for (const dist of compare) plan.push([`${key}@${basename(dist)}`, key, dist]);
   }
   console.log(`callgrind: ${WARMUP} warm-up requests, then ${REQUESTS} counted, ${REPEAT} run(s) per server, node ${process.version}`);
-  const rows: Array<[string, number[]]> = [];
-  for (const [name, key, dist] of plan) {
-    const server = await start(name, key, dist);
-    try {
-      await send(server, WARMUP);
-      const runs: number[] = [];
-      for (let i = 0; i < REPEAT; i++) runs.push(await measure(server));
-      rows.push([name, runs]);
-      console.log(`  ${name}: ${runs.map((r) => `${Math.round(r / 1000)}k`).join(', ')} instructions per request`);
-    } finally {
+  // All servers run at once and are counted in turns, rotating the order each round as
+  // `npm run bench` does: time-driven work (timers, sweeps) then weighs alike on every server
+  // when the machine's load drifts.
+  const servers: Server[] = [];
+  const runs = new Map<string, number[]>();
+  try {
+    for (const [name, key, dist] of plan) servers.push(await start(name, key, dist));
+    for (const server of servers) await send(server, WARMUP);
+    for (let round = 0; round < REPEAT; round++) {
+      for (let i = 0; i < servers.length; i++) {
+        const server = servers[(i + round) % servers.length];
+        const count = await measure(server);
+        runs.set(server.name, [...(runs.get(server.name) ?? []), count]);
+        console.log(`  round ${round + 1}: ${server.name} ${Math.round(count / 1000)}k instructions per request`);
+      }
+    }
+  } finally {
+    for (const server of servers) {
       server.agent.destroy();
       server.child.kill('SIGTERM');
       await new Promise((r) => server.child.once('exit', r));
-      if (process.env.INSTR_KEEP) console.log(`    callgrind dumps kept in ${server.outDir}`);
+      if (process.env.INSTR_KEEP) console.log(`    ${server.name}: callgrind dumps kept in ${server.outDir}`);
       else rmSync(server.outDir, { recursive: true, force: true });
     }
   }
+  const rows = servers.map((s): [string, number[]] => [s.name, runs.get(s.name) ?? []]);
   const base = rows.find(([name]) => name === 'bare')?.[1];
   const baseMedian = base === undefined ? undefined : median(base);
-  console.log('\n| scenario | instructions per request (k) | vs bare |\n|---|---:|---:|');
-  for (const [name, runs] of rows) {
-    const m = median(runs);
-    console.log(`| ${name} | ${Math.round(m / 1000)} | ${baseMedian === undefined ? '–' : (m / baseMedian).toFixed(2)} |`);
+  console.log('\n| scenario | instructions per request, median (k) | runs (k) | vs bare |\n|---|---:|---:|---:|');
+  for (const [name, counts] of rows) {
+    const m = median(counts);
+    const each = counts.map((c) => Math.round(c / 1000)).join(', ');
+    console.log(`| ${name} | ${Math.round(m / 1000)} | ${each} | ${baseMedian === undefined ? '–' : (m / baseMedian).toFixed(2)} |`);
   }
 }
 

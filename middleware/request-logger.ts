@@ -85,7 +85,8 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
  * Sets `X-Response-Time` just before the headers go out, as on-headers does: this one response's
  * `writeHead` is wrapped (an own property of the response; Express's and Node's prototypes are
  * left alone). The response time needs no status code or header arguments, so writeHead's
- * arguments pass through untouched. When two loggers wrap one response, the outer one stamps it.
+ * arguments pass through untouched. When two loggers wrap one response, the wrapper that runs first
+ * stamps it and the other finds the header set.
  */
 function setResponseTimeOnHeaders(res: Response, start: bigint): void {
   const writeHead = res.writeHead;
