@@ -1,5 +1,5 @@
 import { createServer, type AddressInfo } from 'node:net';
-import { ErrorCode, OpenFeature, ProviderEvents, ProviderStatus, type EventDetails } from '@openfeature/server-sdk';
+import { ErrorCode, OpenFeature, ProviderEvents, ProviderStatus, type EvaluationContext, type EventDetails } from '@openfeature/server-sdk';
 import request from 'supertest';
 import { createStack, featureFlags } from '../index';
 import { MemoryStores } from '../lib/stores';
@@ -89,7 +89,7 @@ describe('PerimeterProvider through the OpenFeature SDK', () => {
     await OpenFeature.setProviderAndWait(new PerimeterProvider({ flags: FLAGS }));
     const client = OpenFeature.getClient();
     for (const fallback of [true, false]) {
-      for (const context of [{}, { ip: '203.0.113.9' }, { targetingKey: '' }, { plan: 'pro' }]) {
+      for (const context of [{}, { ip: '203.0.113.9' }, { targetingKey: '' }, { plan: 'pro' }] as EvaluationContext[]) {
         expect(await client.getBooleanDetails('rollout', fallback, context)).toMatchObject({
           value: fallback,
           reason: 'ERROR',
