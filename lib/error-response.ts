@@ -1,6 +1,6 @@
 import type { Request, Response } from 'express';
 import { ConfigError, defaultCode, defaultMessage, isHttpError, type ErrorDetails } from './errors';
-import { answeredEarly } from './late-response';
+import { answeredEarly, closeIfBodyUnread } from './late-response';
 import type { Logger } from './logger';
 
 /** Maps a user's own error class to a status and code. */
@@ -120,6 +120,7 @@ export function createErrorResponder(options: ErrorResponseOptions = {}, getLogg
       if (!res.writableEnded) res.destroy();
       return;
     }
+    closeIfBodyUnread(req, res);
     const hide = n.status >= 500 && !expose && !n.expose;
     const message = hide ? defaultMessage(n.status) : n.message;
     const details = hide ? undefined : n.details;
