@@ -84,14 +84,12 @@ export function parseClientAddress(raw: string | undefined): Parsed | undefined 
  */
 export function canonicalClientAddress(raw: string | undefined): string | undefined {
   if (raw === undefined) return undefined;
-  // What Node reports for most sockets and what proxies forward most: no parsing needed.
-  if (CANONICAL_V4.test(raw)) return raw;
-  if (raw.startsWith('::ffff:') && CANONICAL_V4.test(raw.slice(7))) return raw.slice(7);
-  // Parsing IPv6 costs microseconds and a client keeps its address across requests, so parsed
-  // addresses are remembered; junk is not (it cannot push real clients out of the cache).
+  // A client keeps its address across requests, and one lookup costs less than even the dotted-quad
+  // check, so addresses are remembered; junk is not (it cannot push real clients out).
   let canonical = canonicalCache.get(raw);
   if (canonical === undefined) {
-    canonical = parseClientAddress(raw)?.toString();
+    // A dotted quad (what Node reports for most sockets, what proxies forward most) needs no parsing.
+    canonical = CANONICAL_V4.test(raw) ? raw : parseClientAddress(raw)?.toString();
     if (canonical === undefined) return undefined;
     if (canonicalCache.size >= CANONICAL_CACHE_SIZE) canonicalCache.clear();
     canonicalCache.set(raw, canonical);
