@@ -1,4 +1,4 @@
-import type { Request, RequestHandler, Response } from 'express';
+import type { Request, Response } from 'express';
 import { GENESIS, isHash } from '../lib/audit/chain';
 import { AuditQueue, type AuditSinkStats } from '../lib/audit/queue';
 import { buildRecord, summarizeBody, type AuditRequestState } from '../lib/audit/record';
@@ -10,6 +10,7 @@ import { checkOptions, oneOf } from '../lib/options';
 import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { describe, parseBytes, parseDuration } from '../lib/units';
 import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export type { AuditRecord } from '../lib/audit/record';
 export type { AuditSinkOption, AuditSinkFunction, FileSinkOptions, RedisStreamSinkOptions } from '../lib/audit/sinks';
@@ -65,8 +66,9 @@ export interface AuditLogMethods {
   stats(): AuditSinkStats[];
 }
 
+// An interface, not an intersection: TypeScript infers a route's params from an intersection as `unknown`.
 /** An {@link auditLog} middleware with its run-time methods. */
-export type AuditLogHandler = RequestHandler & AuditLogMethods;
+export interface AuditLogHandler extends PerimeterHandler, AuditLogMethods {}
 
 declare module '../lib/create-stack' {
   interface StackMiddleware {

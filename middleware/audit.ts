@@ -4,6 +4,7 @@ import { ConfigError } from '../lib/errors';
 import { loggerOf } from '../lib/runtime';
 import { describe } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
+import type { PerimeterHandler } from '../types/express-augment';
 
 const EVENT = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 
@@ -13,6 +14,7 @@ const EVENT = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
  * auditLog does not record (a GET), the request is recorded all the same; `audit(false)` leaves
  * the route's requests out of the audit log.
  */
+export function audit(event: string | false | ((req: Request) => string)): PerimeterHandler;
 export function audit(event: string | false | ((req: Request) => string)): RequestHandler {
   if (event !== false && typeof event !== 'function' && (typeof event !== 'string' || !EVENT.test(event))) {
     throw new ConfigError('audit', `expected an event name of 1–128 letters, digits and _ . : - like 'USER_BANNED', a function (req) => name, or false, got ${describe(event)}`);

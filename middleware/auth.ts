@@ -10,6 +10,7 @@ import { checkOptions } from '../lib/options';
 import { perRuntime, runtimeOf } from '../lib/runtime';
 import { describe, parseDuration } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export type { ApiKeyEntry, ApiKeyLookup, ApiKeyLookupResult } from '../lib/api-keys';
 export type { JwtOptions, JwtKeyMaterial } from '../lib/jwt-verify';
@@ -97,6 +98,7 @@ const failureCounter = perRuntime((rt) =>
  * request context. No credential → 401 AUTHENTICATION_REQUIRED (unless `required: false`); a bad
  * one → 401 INVALID_TOKEN, TOKEN_EXPIRED or INVALID_API_KEY, always with `WWW-Authenticate: Bearer`.
  */
+export function auth(options?: AuthOptions): PerimeterHandler;
 export function auth(options: AuthOptions = {}): RequestHandler {
   checkOptions('auth', options, KNOWN);
   const clock = options.clock ?? Date.now;

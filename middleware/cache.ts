@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { OutgoingHttpHeaders } from 'node:http';
-import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import type { NextFunction, Request, Response } from 'express';
 import type { Counter } from 'prom-client';
 import { ConfigError } from '../lib/errors';
 import { isNotModified, strongEtag } from '../lib/etag';
@@ -14,6 +14,7 @@ import { describe, parseBytes, parseDuration, parseSeconds } from '../lib/units'
 import { contextOf } from '../lib/context';
 import { onResponseDone } from '../lib/response-done';
 import { responseSlots, slotsOf } from '../lib/request-slots';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link cache}. `ttl`, `maxAge`, `staleWhileRevalidate` and `localTtl` are seconds, as in HTTP. */
 export interface CacheOptions {
@@ -71,8 +72,9 @@ export interface CacheMethods {
   close(): Promise<void>;
 }
 
+// An interface, not an intersection: TypeScript infers a route's params from an intersection as `unknown`.
 /** A {@link cache} middleware with its run-time methods. */
-export type CacheHandler = RequestHandler & CacheMethods;
+export interface CacheHandler extends PerimeterHandler, CacheMethods {}
 
 declare module '../lib/create-stack' {
   interface StackMiddleware {

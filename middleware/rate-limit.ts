@@ -16,6 +16,7 @@ import {
   type RateLimitStore,
 } from '../lib/stores/rate-limit-store';
 import { describe, parseDuration } from '../lib/units';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export type { RateLimitKey } from '../lib/rate-limit/client-key';
 export type { RateLimitTier } from '../lib/rate-limit/policy';
@@ -92,6 +93,7 @@ const autoIds = new Map<string, number>();
  * `RateLimit` on every limited response; refuses with 429 RATE_LIMIT_EXCEEDED (or QUOTA_EXCEEDED
  * for the daily quota) and `Retry-After`.
  */
+export function rateLimit(options?: RateLimitOptions): PerimeterHandler;
 export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
   checkOptions('rateLimit', options, KNOWN);
   const algorithm = oneOf('rateLimit.algorithm', options.algorithm ?? 'sliding-window', ALGORITHMS);

@@ -6,6 +6,7 @@ import { clientIp } from '../lib/client-ip';
 import { contextOf } from '../lib/context';
 import { onceOnExpressPrototype, peekSlots, slotsOf } from '../lib/request-slots';
 import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link requestLogger}. */
 export interface RequestLoggerOptions {
@@ -28,6 +29,7 @@ const SEVERITY: Record<string, string> = { error: 'ERROR', warn: 'WARNING', info
  * status_code, duration_ms, ip, user_agent, device, user_id, tenant_id, cache_hit; level error
  * for 5xx, warn for 4xx, info otherwise. Sets `X-Response-Time`.
  */
+export function requestLogger(options?: RequestLoggerOptions): PerimeterHandler;
 export function requestLogger(options: RequestLoggerOptions = {}): RequestHandler {
   checkOptions('requestLogger', options, ['logger', 'format', 'gcpProject', 'skip', 'responseTime']);
   const format = oneOf('requestLogger.format', options.format ?? (process.env.LOG_FORMAT === 'gcp' ? 'gcp' : 'json'), ['json', 'gcp'] as const);

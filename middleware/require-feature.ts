@@ -5,6 +5,7 @@ import { countryReader, DEFAULT_COUNTRY_HEADERS, RequestFeatureSet } from '../li
 import { checkOptions } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import { warnOnce } from '../lib/warnings';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link requireFeature}. */
 export interface RequireFeatureOptions {
@@ -20,6 +21,7 @@ const MESSAGE = 'This endpoint is not available.';
  * (the `featureFlags` middleware, or the stack's), or evaluated from the guard's own `flags`.
  * Without either, every request is refused and ERR_FEATURE_WITHOUT_FLAGS is logged once.
  */
+export function requireFeature(name: string, options?: RequireFeatureOptions): PerimeterHandler;
 export function requireFeature(name: string, options?: RequireFeatureOptions): RequestHandler {
   if (typeof name === 'object' && name !== null) {
     throw new ConfigError('requireFeature', "expected the flag name first: requireFeature('new-ui') or requireFeature('new-ui', { flags })");
