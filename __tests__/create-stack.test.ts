@@ -115,7 +115,7 @@ describe('createStack', () => {
   });
 
   it('refuses a middleware value that is not options, true or false', () => {
-    expect(() => createStack({ requestId: 'yes' } as never)).toThrow(/requestId: expected an options object, true or false, got string/);
+    expect(() => createStack({ requestId: 'yes' } as never)).toThrow(/requestId: expected an options object, true or false, got 'yes'/);
     expect(() => createStack({ insert: [{ after: 'nope', name: 'x', handler: () => undefined }] })).toThrow(/'nope' is not an enabled middleware/);
   });
 
