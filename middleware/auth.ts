@@ -1,4 +1,5 @@
 import type { NextFunction, Request, RequestHandler } from 'express';
+import { parseCookie } from 'cookie';
 import type { JwtPayload } from 'jsonwebtoken';
 import { buildKeyTable, CachedLoader, sha256Hex, toRecord, type ApiKeyEntry, type ApiKeyLookup, type ApiKeyRecord } from '../lib/api-keys';
 import type { ContextUser } from '../lib/context';
@@ -345,28 +346,10 @@ function bearerToken(header: string | undefined): string | undefined {
   return header.slice(7).trim();
 }
 
-// The Cookie header parsed for one name only: no cookie-parser, no object per request.
+// RFC 6265 lets a cookie value be wrapped in double quotes, which `cookie` keeps.
 function cookieValue(header: string | undefined, name: string): string | undefined {
   if (header === undefined) return undefined;
-  let start = 0;
-  while (start < header.length) {
-    let end = header.indexOf(';', start);
-    if (end === -1) end = header.length;
-    const eq = header.indexOf('=', start);
-    if (eq !== -1 && eq < end && header.slice(start, eq).trim() === name) {
-      let value = header.slice(eq + 1, end).trim();
-      if (value.length > 1 && value.charCodeAt(0) === 34 && value.charCodeAt(value.length - 1) === 34) value = value.slice(1, -1);
-      if (value === '') return undefined;
-      if (value.includes('%')) {
-        try {
-          value = decodeURIComponent(value);
-        } catch {
-          // Left as sent: the verifier will call it malformed.
-        }
-      }
-      return value;
-    }
-    start = end + 1;
-  }
-  return undefined;
+  let value = parseCookie(header)[name];
+  if (value !== undefined && value.length > 1 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
+  return value === '' ? undefined : value;
 }
