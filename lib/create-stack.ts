@@ -6,14 +6,15 @@ import { createErrorResponder } from './error-response';
 import { ConfigError } from './errors';
 import { checkForwardedFor } from './forwarded-for';
 import { createLogger, type Logger, type LoggerOptions } from './logger';
-import { nearest } from './options';
+import { nearest, refuseRequest } from './options';
 import { describe } from './units';
 import { attachRuntime, type PerimeterRuntime } from './runtime';
 import { STACK_ENTRIES, STACK_ORDER, type StackEntry, type StackHandler } from './stack-entries';
 import { createStores } from './stores';
 import type { RedisOption } from './stores/redis-connection';
 import type { Stores } from './stores/types';
-import { warnOnce } from './warnings';
+import { openSharedStack } from './shared-stacks';
+import { warnOnce, withSetupLogger } from './warnings';
 import type { AuditLogOptions } from '../middleware/audit-log';
 import type { AuthOptions } from '../middleware/auth';
 import type { BodyParserOptions } from '../middleware/body-parser';
@@ -134,6 +135,7 @@ const TOP_LEVEL_KEYS = ['redis', 'keyPrefix', 'logger', 'insert', 'trustProxy', 
 
 /** Builds every request-phase middleware in the documented order from one config. */
 export function createStack(config: StackConfig = {}): Stack {
+  refuseRequest('createStack', config, 'createStack(config)');
   if (config === null || typeof config !== 'object' || Array.isArray(config)) {
     throw new ConfigError('createStack', 'expected a config object like { rateLimit: { limit: 100, window: \'1m\' } }');
   }
@@ -161,15 +163,18 @@ export function createStack(config: StackConfig = {}): Stack {
   const handlers: StackHandler[] = [];
   const middleware: Record<string, StackHandler> = {};
   try {
-    for (const name of STACK_ORDER) {
-      const value: unknown = config[name];
-      const entry = STACK_ENTRIES[name] as StackEntry<object>;
-      if (value === false || (value === undefined && !entry.defaultOn)) continue;
-      const handler = entry.build(value === true || value === undefined ? {} : entryOptions(name, value), { runtime, config });
-      names.push(name);
-      handlers.push(handler);
-      middleware[name] = handler;
-    }
+    // The factories' setup warnings (a window of 60 ms…) go to the stack's logger.
+    withSetupLogger(logger, () => {
+      for (const name of STACK_ORDER) {
+        const value: unknown = config[name];
+        const entry = STACK_ENTRIES[name] as StackEntry<object>;
+        if (value === false || (value === undefined && !entry.defaultOn)) continue;
+        const handler = entry.build(value === true || value === undefined ? {} : entryOptions(name, value), { runtime, config });
+        names.push(name);
+        handlers.push(handler);
+        middleware[name] = handler;
+      }
+    });
     placeExtras(names, handlers, middleware);
     for (const item of config.insert ?? []) insertAt(names, handlers, middleware, item);
   } catch (err) {
@@ -177,6 +182,8 @@ export function createStack(config: StackConfig = {}): Stack {
     throw err;
   }
 
+  // While it is open, a route-level rateLimit that no request of a stack reaches says it counts in memory.
+  const closeShared = stores.kind === 'redis' ? openSharedStack(logger) : undefined;
   let trustProxyApplied = config.trustProxy === undefined;
   const count = handlers.length;
   const stack = function perimeterStack(req: Request, res: Response, out: NextFunction): void {
@@ -220,6 +227,7 @@ export function createStack(config: StackConfig = {}): Stack {
     logger,
     close: () =>
       (closed ??= (async () => {
+        closeShared?.();
         for (const handler of [...handlers].reverse()) await handler.close?.();
         await stores.close();
       })()),

@@ -6,7 +6,7 @@ import { buildSinks, type AuditSinkOption } from '../lib/audit/sinks';
 import { auditStateOf, registerTracker, setAuditState, type AuditTracker } from '../lib/audit/tracking';
 import { ConfigError, ServiceUnavailableError } from '../lib/errors';
 import { defaultLogger, type Logger } from '../lib/logger';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { describe, parseBytes, parseDuration } from '../lib/units';
 import { onResponseDone } from '../lib/response-done';
@@ -98,6 +98,7 @@ export function auditLog(options: AuditLogOptions = {}): AuditLogHandler {
 /** {@link auditLog} bound to a stack's runtime (createStack uses it): the stack's logger, registry and Redis. */
 export function createAuditLog(options: AuditLogOptions = {}, stackRuntime?: PerimeterRuntime): AuditLogHandler {
   checkOptions('auditLog', options, KNOWN);
+  checkCallback('auditLog.skip', options.skip, '(req) => boolean');
   const methods = methodSet(options.methods ?? DEFAULT_METHODS);
   const chain = flag(options.chain ?? false, 'auditLog.chain');
   const genesis = options.genesis ?? GENESIS;

@@ -7,7 +7,7 @@ import { AuthenticationError, ConfigError } from '../lib/errors';
 import { AuthFailure, createJwtVerifier, type JwtOptions } from '../lib/jwt-verify';
 import { defaultLogger, type Logger } from '../lib/logger';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions } from '../lib/options';
+import { checkCallback, checkOptions } from '../lib/options';
 import { perRuntime, runtimeOf } from '../lib/runtime';
 import { describe, parseDuration } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
@@ -113,6 +113,8 @@ export function auth(options: AuthOptions = {}): RequestHandler {
   if (verifier?.weakSecret) warnOnce(setupLogger, 'ERR_WEAK_JWT_SECRET');
 
   const table = buildKeyTable(options.apiKeys, 'auth.apiKeys');
+  checkCallback('auth.lookup', options.lookup, '(key, sha256) => entry | null');
+  checkCallback('auth.loadUser', options.loadUser, '(claims) => user | null');
   const lookup = options.lookup;
   if (lookup !== undefined && typeof lookup !== 'function')
     throw new ConfigError('auth.lookup', `expected an async function (key) => ({ name, tier, userId }) | null, got ${describe(lookup)}`);

@@ -1,6 +1,7 @@
 import type { RequestHandler } from 'express';
 import corsPackage, { type CorsOptions } from 'cors';
 import { ConfigError } from '../lib/errors';
+import { refuseRequest } from '../lib/options';
 import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link cors}: the `cors` package's options, checked at setup. */
@@ -12,6 +13,7 @@ export type PerimeterCorsOptions = CorsOptions;
  */
 export function cors(options?: PerimeterCorsOptions): PerimeterHandler;
 export function cors(options: PerimeterCorsOptions = {}): RequestHandler {
+  refuseRequest('cors', options);
   if (options === null || typeof options !== 'object') {
     throw new ConfigError('cors', 'expected an options object like { origin: [\'https://app.example.com\'] }');
   }

@@ -5,7 +5,7 @@ import type { Counter } from 'prom-client';
 import { AuthenticationError, ConfigError, InsufficientCreditsError, ServiceUnavailableError } from '../lib/errors';
 import { defaultLogger, type Logger } from '../lib/logger';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { loggerOf, runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { creditsStore, type CreditsHistoryEntry, type CreditsStore } from '../lib/stores/credits-store';
 import { RedisStores } from '../lib/stores/redis';
@@ -98,6 +98,8 @@ interface RuntimeState {
  */
 export function credits(options: CreditsOptions = {}): CreditsHandler {
   checkOptions('credits', options, KNOWN);
+  checkCallback('credits.cost', options.cost, '(req) => number');
+  checkCallback('credits.account', options.account, '(req) => id');
   const costOf = pickCost(options.cost ?? 1);
   const accountOf = pickAccount(options.account);
   const required = flag(options.required ?? true, 'credits.required');

@@ -1,5 +1,5 @@
 import type { Request, RequestHandler, Response } from 'express';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import type { Logger } from '../lib/logger';
 import { clientIp } from '../lib/client-ip';
@@ -32,6 +32,7 @@ const SEVERITY: Record<string, string> = { error: 'ERROR', warn: 'WARNING', info
 export function requestLogger(options?: RequestLoggerOptions): PerimeterHandler;
 export function requestLogger(options: RequestLoggerOptions = {}): RequestHandler {
   checkOptions('requestLogger', options, ['logger', 'format', 'gcpProject', 'skip', 'responseTime']);
+  checkCallback('requestLogger.skip', options.skip, '(req, res) => boolean');
   const format = oneOf('requestLogger.format', options.format ?? (process.env.LOG_FORMAT === 'gcp' ? 'gcp' : 'json'), ['json', 'gcp'] as const);
   const gcpProject = options.gcpProject ?? process.env.GOOGLE_CLOUD_PROJECT;
   const skipPaths = Array.isArray(options.skip) ? new Set(options.skip) : undefined;

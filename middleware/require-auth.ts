@@ -1,6 +1,6 @@
 import type { NextFunction, Request, RequestHandler } from 'express';
 import { AuthenticationError, ConfigError, ForbiddenError } from '../lib/errors';
-import { checkOptions } from '../lib/options';
+import { checkOptions, refuseRequest } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import { describe } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
@@ -59,6 +59,7 @@ export function requireApiKey(options?: GuardOptions): RequestHandler {
 export function requireRole(...roles: Array<string | string[]>): PerimeterHandler;
 export function requireRole(...roles: Array<string | string[]>): RequestHandler {
   const first = roles[0] as unknown;
+  refuseRequest('requireRole', first, "requireRole('admin')");
   if (first !== null && typeof first === 'object' && !Array.isArray(first)) {
     checkOptions('requireRole', first as object, []);
   }

@@ -2,7 +2,7 @@ import type { RequestHandler } from 'express';
 import { ConfigError, NotFoundError } from '../lib/errors';
 import { checkFlagName, compileFlags, type CompiledFlag, type FlagInput } from '../lib/flags/definition';
 import { countryReader, DEFAULT_COUNTRY_HEADERS, RequestFeatureSet } from '../lib/flags/request-features';
-import { checkOptions } from '../lib/options';
+import { checkOptions, refuseRequest } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import { warnOnce } from '../lib/warnings';
 import type { PerimeterHandler } from '../types/express-augment';
@@ -23,6 +23,7 @@ const MESSAGE = 'This endpoint is not available.';
  */
 export function requireFeature(name: string, options?: RequireFeatureOptions): PerimeterHandler;
 export function requireFeature(name: string, options?: RequireFeatureOptions): RequestHandler {
+  refuseRequest('requireFeature', name, "requireFeature('new-ui')");
   if (typeof name === 'object' && name !== null) {
     throw new ConfigError('requireFeature', "expected the flag name first: requireFeature('new-ui') or requireFeature('new-ui', { flags })");
   }

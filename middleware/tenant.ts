@@ -3,7 +3,7 @@ import { LRUCache } from 'lru-cache';
 import type { Counter } from 'prom-client';
 import { ConfigError, ForbiddenError, NotFoundError } from '../lib/errors';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { perRuntime } from '../lib/runtime';
 import { describe, parseDuration } from '../lib/units';
 import type { TenantInfo } from '../types/express-augment';
@@ -134,6 +134,7 @@ export function tenant(options: TenantOptions = {}): TenantHandler {
   const fromJwt = from.indexOf('jwt');
 
   const listed = parseTenants(options.tenants, normalize);
+  checkCallback('tenant.resolve', options.resolve, '(id) => config');
   const resolver = options.resolve;
   if (resolver !== undefined && typeof resolver !== 'function') {
     throw new ConfigError('tenant.resolve', `expected an async function (id) => config | null, got ${describe(resolver)}`);
