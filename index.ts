@@ -11,7 +11,7 @@ export * from './lib/errors';
 export type { Device } from './lib/device';
 export type { ErrorResponseOptions, ErrorMapping } from './lib/error-response';
 export type * from './lib/stores/types';
-export type { AuthInfo, ApiKeyInfo, TenantInfo, RequestFeatures } from './types/express-augment';
+export type { AuthInfo, ApiKeyInfo, TenantInfo, RequestFeatures, PerimeterHandler, PerimeterErrorHandler } from './types/express-augment';
 
 export { requestId, type RequestIdOptions } from './middleware/request-id';
 export { requestLogger, type RequestLoggerOptions } from './middleware/request-logger';

@@ -112,7 +112,7 @@ describe('timeout', () => {
     expect(req.signal.reason).toMatchObject({ code: 'GATEWAY_TIMEOUT', details: { timeout_ms: 100 } });
     expect(req.signal).toBe(req.signal);
     const own = new AbortController().signal;
-    req.signal = own;
+    (req as { signal: AbortSignal }).signal = own;
     expect(req.signal).toBe(own);
   });
 

@@ -1,4 +1,5 @@
 import type { NextFunction, Request, RequestHandler } from 'express';
+import { parseCookie } from 'cookie';
 import type { JwtPayload } from 'jsonwebtoken';
 import { buildKeyTable, CachedLoader, sha256Hex, toRecord, type ApiKeyEntry, type ApiKeyLookup, type ApiKeyRecord } from '../lib/api-keys';
 import type { ContextUser } from '../lib/context';
@@ -6,10 +7,11 @@ import { AuthenticationError, ConfigError } from '../lib/errors';
 import { AuthFailure, createJwtVerifier, type JwtOptions } from '../lib/jwt-verify';
 import { defaultLogger, type Logger } from '../lib/logger';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions } from '../lib/options';
+import { checkCallback, checkOptions } from '../lib/options';
 import { perRuntime, runtimeOf } from '../lib/runtime';
 import { describe, parseDuration } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export type { ApiKeyEntry, ApiKeyLookup, ApiKeyLookupResult } from '../lib/api-keys';
 export type { JwtOptions, JwtKeyMaterial } from '../lib/jwt-verify';
@@ -97,6 +99,7 @@ const failureCounter = perRuntime((rt) =>
  * request context. No credential → 401 AUTHENTICATION_REQUIRED (unless `required: false`); a bad
  * one → 401 INVALID_TOKEN, TOKEN_EXPIRED or INVALID_API_KEY, always with `WWW-Authenticate: Bearer`.
  */
+export function auth(options?: AuthOptions): PerimeterHandler;
 export function auth(options: AuthOptions = {}): RequestHandler {
   checkOptions('auth', options, KNOWN);
   const clock = options.clock ?? Date.now;
@@ -110,6 +113,8 @@ export function auth(options: AuthOptions = {}): RequestHandler {
   if (verifier?.weakSecret) warnOnce(setupLogger, 'ERR_WEAK_JWT_SECRET');
 
   const table = buildKeyTable(options.apiKeys, 'auth.apiKeys');
+  checkCallback('auth.lookup', options.lookup, '(key, sha256) => entry | null');
+  checkCallback('auth.loadUser', options.loadUser, '(claims) => user | null');
   const lookup = options.lookup;
   if (lookup !== undefined && typeof lookup !== 'function')
     throw new ConfigError('auth.lookup', `expected an async function (key) => ({ name, tier, userId }) | null, got ${describe(lookup)}`);
@@ -343,28 +348,10 @@ function bearerToken(header: string | undefined): string | undefined {
   return header.slice(7).trim();
 }
 
-// The Cookie header parsed for one name only: no cookie-parser, no object per request.
+// RFC 6265 lets a cookie value be wrapped in double quotes, which `cookie` keeps.
 function cookieValue(header: string | undefined, name: string): string | undefined {
   if (header === undefined) return undefined;
-  let start = 0;
-  while (start < header.length) {
-    let end = header.indexOf(';', start);
-    if (end === -1) end = header.length;
-    const eq = header.indexOf('=', start);
-    if (eq !== -1 && eq < end && header.slice(start, eq).trim() === name) {
-      let value = header.slice(eq + 1, end).trim();
-      if (value.length > 1 && value.charCodeAt(0) === 34 && value.charCodeAt(value.length - 1) === 34) value = value.slice(1, -1);
-      if (value === '') return undefined;
-      if (value.includes('%')) {
-        try {
-          value = decodeURIComponent(value);
-        } catch {
-          // Left as sent: the verifier will call it malformed.
-        }
-      }
-      return value;
-    }
-    start = end + 1;
-  }
-  return undefined;
+  let value = parseCookie(header)[name];
+  if (value !== undefined && value.length > 1 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
+  return value === '' ? undefined : value;
 }

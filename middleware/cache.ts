@@ -1,4 +1,4 @@
-import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import type { NextFunction, Request, Response } from 'express';
 import { cacheKeyOf } from '../lib/cache/key';
 import { flightsOf, Fill, type CacheState, type Outcome } from '../lib/cache/fill';
 import { invalidationNames } from '../lib/cache/names';
@@ -11,6 +11,7 @@ import { slotsOf } from '../lib/request-slots';
 import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { cacheStore, type CacheStore } from '../lib/stores/cache-store';
 import type { Stores } from '../lib/stores/types';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /**
  * Options of {@link cache}. `ttl`, `maxAge`, `staleWhileRevalidate` and `localTtl` are seconds as
@@ -76,8 +77,9 @@ export interface CacheMethods {
   close(): Promise<void>;
 }
 
+// An interface, not an intersection: TypeScript infers a route's params from an intersection as `unknown`.
 /** A {@link cache} middleware with its run-time methods. */
-export type CacheHandler = RequestHandler & CacheMethods;
+export interface CacheHandler extends PerimeterHandler, CacheMethods {}
 
 declare module '../lib/create-stack' {
   interface StackMiddleware {

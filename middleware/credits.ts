@@ -1,11 +1,11 @@
 import { randomBytes } from 'node:crypto';
-import type { Request, RequestHandler, Response } from 'express';
+import type { Request, Response } from 'express';
 import onFinished from 'on-finished';
 import type { Counter } from 'prom-client';
 import { AuthenticationError, ConfigError, InsufficientCreditsError, ServiceUnavailableError } from '../lib/errors';
 import { defaultLogger, type Logger } from '../lib/logger';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { loggerOf, runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { creditsStore, type CreditsHistoryEntry, type CreditsStore } from '../lib/stores/credits-store';
 import { RedisStores } from '../lib/stores/redis';
@@ -14,6 +14,7 @@ import type { Stores } from '../lib/stores/types';
 import { describe, parseDuration } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
 import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link credits}. */
 export interface CreditsOptions {
@@ -61,8 +62,9 @@ export interface CreditsMethods {
   close(): Promise<void>;
 }
 
+// An interface, not an intersection: TypeScript infers a route's params from an intersection as `unknown`.
 /** A {@link credits} middleware with its run-time methods. */
-export type CreditsHandler = RequestHandler & CreditsMethods;
+export interface CreditsHandler extends PerimeterHandler, CreditsMethods {}
 
 declare module '../lib/create-stack' {
   interface StackMiddleware {
@@ -96,6 +98,8 @@ interface RuntimeState {
  */
 export function credits(options: CreditsOptions = {}): CreditsHandler {
   checkOptions('credits', options, KNOWN);
+  checkCallback('credits.cost', options.cost, '(req) => number');
+  checkCallback('credits.account', options.account, '(req) => id');
   const costOf = pickCost(options.cost ?? 1);
   const accountOf = pickAccount(options.account);
   const required = flag(options.required ?? true, 'credits.required');
@@ -271,7 +275,7 @@ export function credits(options: CreditsOptions = {}): CreditsHandler {
       await ownStores?.close();
     },
   };
-  return Object.assign(creditsMiddleware as RequestHandler, methods);
+  return Object.assign(creditsMiddleware as PerimeterHandler, methods);
 }
 
 function pickCost(cost: CreditsOptions['cost']): (req: Request) => number {

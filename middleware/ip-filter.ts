@@ -1,4 +1,4 @@
-import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import type { NextFunction, Request, Response } from 'express';
 import type { Counter } from 'prom-client';
 import { ConfigError, ForbiddenError } from '../lib/errors';
 import { checkForwardedFor } from '../lib/forwarded-for';
@@ -12,6 +12,7 @@ import type { CounterStore, Stores } from '../lib/stores/types';
 import { describe, parseDuration } from '../lib/units';
 import { clientIp, invalidClientAddress } from '../lib/client-ip';
 import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export type { IpBlock } from '../lib/stores/ip-blocklist';
 
@@ -50,7 +51,7 @@ export interface IpFilterOptions extends IpRules {
 }
 
 /** The `ipFilter` middleware, with its run-time methods. */
-export interface IpFilterHandler extends RequestHandler {
+export interface IpFilterHandler extends PerimeterHandler {
   /** Blocks `ip` (any textual form; `::ffff:10.0.0.1` is `10.0.0.1`) for `ttl` ('10m' or ms), or until `unblock()`. Applies on this instance at once; resolves when shared, rejects when the store fails. */
   block(ip: string, ttl?: number | string): Promise<void>;
   /** Lifts a run-time block. */

@@ -3,11 +3,12 @@ import type { Counter } from 'prom-client';
 import { ConfigError, QuotaExceededError, RateLimitError, ServiceUnavailableError } from '../lib/errors';
 import type { Logger } from '../lib/logger';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { clientKey, type RateLimitKey } from '../lib/rate-limit/client-key';
 import { checkTier, compileTier, positiveInteger, windowOf, type CompiledTier, type RateLimitTier, type TierHeaders } from '../lib/rate-limit/policy';
 import { routeTemplate } from '../lib/route-template';
-import { perRuntime, type PerimeterRuntime } from '../lib/runtime';
+import { perRuntime, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
+import { sharedStackLogger } from '../lib/shared-stacks';
 import {
   MemoryRateLimitStore,
   rateLimitStore,
@@ -15,7 +16,9 @@ import {
   type RateLimitDecision,
   type RateLimitStore,
 } from '../lib/stores/rate-limit-store';
-import { describe, parseDuration } from '../lib/units';
+import { describe, parseDuration, warnIfSecondsMeant } from '../lib/units';
+import { warnOnce } from '../lib/warnings';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export type { RateLimitKey } from '../lib/rate-limit/client-key';
 export type { RateLimitTier } from '../lib/rate-limit/policy';
@@ -92,11 +95,13 @@ const autoIds = new Map<string, number>();
  * `RateLimit` on every limited response; refuses with 429 RATE_LIMIT_EXCEEDED (or QUOTA_EXCEEDED
  * for the daily quota) and `Retry-After`.
  */
+export function rateLimit(options?: RateLimitOptions): PerimeterHandler;
 export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
   checkOptions('rateLimit', options, KNOWN);
   const algorithm = oneOf('rateLimit.algorithm', options.algorithm ?? 'sliding-window', ALGORITHMS);
   const limit = positiveInteger(options.limit ?? 100, 'rateLimit.limit');
   const windowMs = windowOf(options.window ?? '1m', 'rateLimit.window');
+  warnIfSecondsMeant(options.window, 'rateLimit.window', 'rate-limit window');
   const instances = positiveInteger(options.instances ?? 1, 'rateLimit.instances');
   const maxKeys = positiveInteger(options.maxKeys ?? 100_000, 'rateLimit.maxKeys');
   const inherited = { limit, windowMs, algorithm };
@@ -110,6 +115,7 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
     for (const [name, tier] of Object.entries(options.tiers)) {
       const option = `rateLimit.tiers.${name}`;
       tiers.set(name, compileTier(name, checkTier(tier, option), inherited, instances, option));
+      warnIfSecondsMeant(tier.window, `${option}.window`, 'rate-limit window');
     }
   }
   let defaultTier = tiers.get('default') ?? base;
@@ -121,6 +127,9 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
     defaultTier = named;
   }
 
+  checkCallback('rateLimit.key', options.key, '(req) => string');
+  checkCallback('rateLimit.cost', options.cost, '(req) => number');
+  checkCallback('rateLimit.skip', options.skip, '(req) => boolean');
   const key = clientKey(options.key);
   const { fixedCost, costOf } = compileCost(options.cost);
   const { skipPaths, skipFn } = compileSkip(options.skip);
@@ -138,7 +147,11 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
   const factory = rateLimitStore({ namespace: prefix, maxKeys, now });
 
   // Built once per stack: a route-level limiter behind a stack counts on that stack's store.
-  const stateOf = perRuntime((runtime) => new LimiterState(runtime, runtime.stores.create(factory), () => new MemoryRateLimitStore(maxKeys, now), prefix, failMode));
+  const stateOf = perRuntime((runtime) => {
+    const stackLogger = runtime === standaloneRuntime() ? sharedStackLogger() : undefined;
+    if (stackLogger !== undefined) warnOnce(stackLogger, 'ERR_RATE_LIMIT_OUTSIDE_STACK', { limiter: prefix }, prefix);
+    return new LimiterState(runtime, runtime.stores.create(factory), () => new MemoryRateLimitStore(maxKeys, now), prefix, failMode);
+  });
 
   function respond(req: Request, res: Response, next: NextFunction, state: LimiterState, tier: CompiledTier, d: RateLimitDecision, local: boolean): void {
     const h = local ? tier.fallbackHeaders : tier.headers;

@@ -6,6 +6,7 @@ import { ConfigError } from '../lib/errors';
 import { checkOptions } from '../lib/options';
 import { setIdentity } from '../lib/request-slots';
 import { runtimeOf } from '../lib/runtime';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link requestId}. */
 export interface RequestIdOptions {
@@ -36,6 +37,7 @@ const ZERO_PARENT_ID = '0'.repeat(16);
 const CLOUD_TRACE = /^([\da-fA-F]{32})(?:\/\d{1,20})?(?:;o=[01])?$/;
 
 /** Gives every request an id: the client's `X-Request-ID` (or trace id) when valid, else a new UUID. Sets `req.id`, `req.context` and the response header. */
+export function requestId(options?: RequestIdOptions): PerimeterHandler;
 export function requestId(options: RequestIdOptions = {}): RequestHandler {
   checkOptions('requestId', options, ['header', 'generator', 'trustIncoming', 'asyncContext']);
   const header = options.header ?? 'X-Request-ID';

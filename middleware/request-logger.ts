@@ -1,11 +1,12 @@
 import type { Request, RequestHandler, Response } from 'express';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import type { Logger } from '../lib/logger';
 import { clientIp } from '../lib/client-ip';
 import { contextOf } from '../lib/context';
 import { onceOnExpressPrototype, peekSlots, slotsOf } from '../lib/request-slots';
 import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link requestLogger}. */
 export interface RequestLoggerOptions {
@@ -28,8 +29,10 @@ const SEVERITY: Record<string, string> = { error: 'ERROR', warn: 'WARNING', info
  * status_code, duration_ms, ip, user_agent, device, user_id, tenant_id, cache_hit; level error
  * for 5xx, warn for 4xx, info otherwise. Sets `X-Response-Time`.
  */
+export function requestLogger(options?: RequestLoggerOptions): PerimeterHandler;
 export function requestLogger(options: RequestLoggerOptions = {}): RequestHandler {
   checkOptions('requestLogger', options, ['logger', 'format', 'gcpProject', 'skip', 'responseTime']);
+  checkCallback('requestLogger.skip', options.skip, '(req, res) => boolean');
   const format = oneOf('requestLogger.format', options.format ?? (process.env.LOG_FORMAT === 'gcp' ? 'gcp' : 'json'), ['json', 'gcp'] as const);
   const gcpProject = options.gcpProject ?? process.env.GOOGLE_CLOUD_PROJECT;
   const skipPaths = Array.isArray(options.skip) ? new Set(options.skip) : undefined;

@@ -7,6 +7,7 @@ import { runtimeOf } from '../lib/runtime';
 import type { StackHandler } from '../lib/stack-entries';
 import { describe, parseBytes } from '../lib/units';
 import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link sizeLimit}. */
 export interface SizeLimitOptions {
@@ -41,6 +42,7 @@ let largestRouteLimit = 0;
  * The innermost sizeLimit wins: one on a route sets the limit for that route's requests, smaller
  * or larger than the stack's (see the README for what a stack can and cannot defer to a route).
  */
+export function sizeLimit(options?: SizeLimitOptions): PerimeterHandler;
 export function sizeLimit(options: SizeLimitOptions = {}): RequestHandler {
   const config = parseOptions(options);
   largestRouteLimit = Math.max(largestRouteLimit, config.ceiling);
