@@ -195,6 +195,18 @@ describe('auth: JWKS key sets (#14)', () => {
     expect(idp.hits.jwks).toBe(2);
   });
 
+  it('still refetches for an unknown kid after the clock is set back (a clock jump never freezes the key set)', async () => {
+    const oldKey = await signingKey('ES256', 'before');
+    const newKey = await signingKey('ES256', 'after');
+    const idp = await startIdp([oldKey.jwk]);
+    const { app, clock } = appWith({ jwt: { jwksUri: idp.jwksUri } });
+    await get(app, await token(oldKey)).expect(200);
+    idp.keys = [newKey.jwk];
+    clock.now -= 3600_000;
+    await get(app, await token(newKey)).expect(200);
+    expect(idp.hits.jwks).toBe(2);
+  });
+
   it('turns a flood of 100 tokens with forged kids into at most one fetch per cooldown', async () => {
     const known = await signingKey('RS256', 'real');
     const attacker = await signingKey('RS256', 'unused');
@@ -295,6 +307,7 @@ describe('auth: discovery (#14)', () => {
     expect(logged).toHaveLength(1);
     expect(logged[0].err.message).toContain('https://someone-else.example.com');
     expect(logged[0].err.message).toContain('set auth.jwt.issuer');
+    expect(logged[0].discovery_uri).toBe(`${idp.url}/.well-known/openid-configuration`);
     expect(idp.hits.jwks).toBe(0);
   });
 });

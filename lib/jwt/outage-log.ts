@@ -19,7 +19,6 @@ export class OutageLog {
   constructor(
     private readonly logger: Logger,
     private readonly codes: OutageCodes,
-    private readonly fields: Record<string, unknown> = {},
   ) {}
 
   /** Whether the source is failing now. */
@@ -32,13 +31,13 @@ export class OutageLog {
     if (this.down) return;
     this.down = true;
     const e = err instanceof Error ? { name: err.name, message: err.message } : { message: String(err) };
-    this.logger.log(level, message, { code: this.codes.down, ...this.fields, ...extra, err: e });
+    this.logger.log(level, message, { code: this.codes.down, ...extra, err: e });
   }
 
   /** Records a success; logs `message` at info only when it ends an outage. */
-  recovered(message: string): void {
+  recovered(message: string, extra: Record<string, unknown> = {}): void {
     if (!this.down) return;
     this.down = false;
-    this.logger.info(message, { code: this.codes.up, ...this.fields });
+    this.logger.info(message, { code: this.codes.up, ...extra });
   }
 }

@@ -55,11 +55,7 @@ export class RemoteKeySet {
 
   constructor(private readonly options: RemoteKeySetOptions) {
     this.jwksUri = options.jwksUri;
-    this.outage = new OutageLog(
-      options.logger,
-      { down: 'ERR_JWKS_UNAVAILABLE', up: 'ERR_JWKS_RECOVERED' },
-      { jwks_uri: (options.jwksUri ?? discoveryUrl(options.discoverFrom!)).href },
-    );
+    this.outage = new OutageLog(options.logger, { down: 'ERR_JWKS_UNAVAILABLE', up: 'ERR_JWKS_RECOVERED' });
   }
 
   /** The resolver the verifier calls per token (a header whose alg is already accepted). */
@@ -68,7 +64,7 @@ export class RemoteKeySet {
     const kid = typeof header.kid === 'string' ? header.kid : undefined;
     const now = this.options.clock();
     if (this.keys === undefined) {
-      if (this.loading === undefined && now - this.attemptedAt < Math.min(NO_KEYS_RETRY_MS, this.options.cooldownMs)) {
+      if (this.loading === undefined && elapsed(this.attemptedAt, now) < Math.min(NO_KEYS_RETRY_MS, this.options.cooldownMs)) {
         throw new KeySourceUnavailable();
       }
       await this.load(now);
@@ -79,7 +75,7 @@ export class RemoteKeySet {
     if (found !== undefined) {
       // A stale set is refreshed behind the request that noticed, so keys the provider withdrew
       // stop verifying without any request waiting on the fetch.
-      if (now - this.loadedAt >= this.options.maxAgeMs && this.mayFetch(now)) void this.load(now);
+      if (elapsed(this.loadedAt, now) >= this.options.maxAgeMs && this.mayFetch(now)) void this.load(now);
       return found;
     }
     // Not in the set: maybe rotated in since the last fetch. Join a fetch in flight, or start one
@@ -90,7 +86,7 @@ export class RemoteKeySet {
   };
 
   private mayFetch(now: number): boolean {
-    return this.loading === undefined && now - this.attemptedAt >= this.options.cooldownMs;
+    return this.loading === undefined && elapsed(this.attemptedAt, now) >= this.options.cooldownMs;
   }
 
   // One fetch at a time; it never rejects (a failure is logged and leaves the keys as they were).
@@ -110,7 +106,7 @@ export class RemoteKeySet {
       const keys = await importKeySet(await fetchJson(this.jwksUri, this.options), this.options.algorithms);
       this.keys = keys;
       this.loadedAt = this.options.clock();
-      this.outage.recovered('The JWKS endpoint answers again; tokens are verified with its current keys');
+      this.outage.recovered('The JWKS endpoint answers again; tokens are verified with its current keys', this.where());
     } catch (err) {
       const held = this.keys?.length ?? 0;
       this.outage.failed(
@@ -119,9 +115,15 @@ export class RemoteKeySet {
           ? `The JWKS endpoint failed; tokens are verified with the ${held} keys already fetched until it answers again`
           : 'The JWKS endpoint failed and no keys are cached; tokens are refused with 503 until it answers',
         held > 0 ? 'warn' : 'error',
-        { cached_keys: held },
+        { ...this.where(), cached_keys: held },
       );
     }
+  }
+
+  // Where the keys come from, for log lines: the JWKS URL once known, else the discovery document.
+  private where(): Record<string, string> {
+    if (this.jwksUri !== undefined) return { jwks_uri: this.jwksUri.href };
+    return { discovery_uri: discoveryUrl(this.options.discoverFrom!).href };
   }
 
   private async discover(): Promise<URL> {
@@ -234,10 +236,16 @@ async function importKeySet(body: unknown, configured: readonly string[] | undef
   }
   if (keys.length === 0) {
     throw new Error(
-      `the key set has no usable signing key among its ${body.keys.length} (read: RSA of 2048 bits or more, EC on P-256/P-384/P-521, OKP Ed25519; never 'oct' secrets)`,
+      `the key set has no usable signing key among its ${body.keys.length} (read: RSA of 2048 bits or more, EC on P-256/P-384/P-521, OKP Ed25519; never 'oct' secrets${configured === undefined ? '' : `; only keys for ${configured.join(', ')}, as auth.jwt.algorithms says`})`,
     );
   }
   return keys;
+}
+
+// Time passed since `since`; a clock set back counts as time passed, so a jump never freezes the key set.
+function elapsed(since: number, now: number): number {
+  const d = now - since;
+  return d < 0 ? Infinity : d;
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {
