@@ -40,6 +40,10 @@ export function createDemoApp() {
     auth: {
       apiKeys: DEMO_API_KEYS,
       jwt: { secret: process.env.JWT_SECRET ?? 'demo-secret-change-me-demo-secret-change-me' },
+      // Tokens from an identity provider instead (Auth0, Okta, Cognito, Keycloak, Entra ID): its
+      // issuer and your API's audience; the keys come from its JWKS, found by discovery and
+      // refreshed when it rotates them. Recipes per provider: docs/auth.md.
+      // jwt: { issuer: 'https://your-tenant.eu.auth0.com/', audience: 'https://games.example.com', discovery: true },
       required: false, // anonymous reads are fine; writes use requireRole / credits below
     },
     tenant: { from: ['header'], tenants: { acme: { plan: 'pro' }, globex: { plan: 'free' } }, required: false },
