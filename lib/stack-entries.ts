@@ -7,6 +7,7 @@ import { createCache, type CacheOptions } from '../middleware/cache';
 import { createCircuitBreaker, type CircuitBreakerOptions } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
 import { credits, type CreditsOptions } from '../middleware/credits';
+import { createHealth, type HealthOptions } from '../middleware/health';
 import { createFeatureFlags, type FeatureFlagsOptions } from '../middleware/feature-flags';
 import { rateLimit, type RateLimitOptions } from '../middleware/rate-limit';
 import { createIpFilter, type IpFilterOptions } from '../middleware/ip-filter';
@@ -50,7 +51,7 @@ export interface StackEntry {
 
 /**
  * The documented order, outer to inner; the README gives the reason for each place.
- * requestId → requestLogger → metrics → securityHeaders → cors → ipFilter → sizeLimit → timeout →
+ * requestId → requestLogger → metrics → health → securityHeaders → cors → ipFilter → sizeLimit → timeout →
  * bodyParser → auth → tenant → rateLimit → credits → sanitize → auditLog → featureFlags →
  * circuitBreaker → cache.
  */
@@ -58,6 +59,7 @@ export const STACK_ORDER = [
   'requestId',
   'requestLogger',
   'metrics',
+  'health',
   'securityHeaders',
   'cors',
   'ipFilter',
@@ -81,6 +83,9 @@ export const STACK_ENTRIES: Record<string, StackEntry> = {
   requestLogger: { name: 'requestLogger', defaultOn: true, build: (o) => requestLogger(o) },
   // Bound to the stack's registry at setup, so stack.metricsRegistry holds the series before the first request.
   metrics: { name: 'metrics', defaultOn: true, build: (o, { runtime }) => createMetrics(o as MetricsOptions, runtime.registry) },
+  // Right after metrics (probes are counted) and before everything that could refuse, delay or record
+  // a probe; it answers without calling the rest of the chain. Its readiness includes the stack's stores.
+  health: { name: 'health', defaultOn: true, build: (o, { runtime }) => createHealth(o as HealthOptions, runtime) },
   securityHeaders: { name: 'securityHeaders', defaultOn: true, build: (o) => securityHeaders(o) },
   cors: { name: 'cors', defaultOn: false, build: (o) => cors(o) },
   // Off until configured; the stack's logger receives its setup warnings (weak JWT secret).
