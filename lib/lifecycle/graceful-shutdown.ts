@@ -153,6 +153,7 @@ export class GracefulShutdown {
     // response (sent with Connection: close) is done.
     const closed = Promise.all(this.servers.map((server) => new Promise<void>((resolve) => server.close(() => resolve()))));
     for (const server of this.servers) server.closeIdleConnections();
+    this.hooks.logger.info('Listener closed: no new connections are accepted', { code: 'PERIMETER_LISTENER_CLOSED', in_flight: this.inFlight.size });
 
     const clean = await this.waitForInFlight(graceMs);
     if (!clean) {
