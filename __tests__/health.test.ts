@@ -43,7 +43,7 @@ describe('health probes', () => {
       {
         rateLimit: { limit: 1, window: '1m' },
         auth: { apiKeys: [{ key: 'k-123456789012345678901234', name: 'k' }], required: true },
-        auditLog: { sink: (r) => void records.push(r), methods: ['GET'] },
+        auditLog: { sink: (r: AuditRecord) => void records.push(r), methods: ['GET'] },
       },
       routes,
     );
