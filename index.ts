@@ -16,6 +16,9 @@ export type { AuthInfo, ApiKeyInfo, TenantInfo, RequestFeatures, PerimeterHandle
 export { requestId, type RequestIdOptions } from './middleware/request-id';
 export { requestLogger, type RequestLoggerOptions } from './middleware/request-logger';
 export { metrics, type MetricsOptions } from './middleware/metrics';
+export { health, type HealthOptions, type HealthCheck, type HealthHandler, type HealthMethods, type ReadinessReport, type CheckReport } from './middleware/health';
+export type { AttachOptions, ShutdownOptions } from './lib/lifecycle/graceful-shutdown';
+export { StoresNotReadyError, type ReadyOptions } from './lib/lifecycle/ready';
 export type { MetricsHandler, MetricsMethods, AnalyticsQuery, AnalyticsOptions, AnalyticsReport, AnalyticsTopEntry, AnalyticsLatencyEntry, AnalyticsErrorEntry } from './middleware/metrics';
 export { securityHeaders, type SecurityHeadersOptions } from './middleware/security-headers';
 export { cors, type PerimeterCorsOptions } from './middleware/cors';

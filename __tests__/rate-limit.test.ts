@@ -202,6 +202,8 @@ function appWith(options: RateLimitOptions | false, before?: RequestHandler, ext
   const { logger, lines } = recordingLogger();
   const stack = createStack({
     logger,
+    // The app's own /health route below is what rateLimit's default skip list is tested on.
+    health: false,
     rateLimit: options,
     ...(trustProxy ? { trustProxy: true } : {}),
     ...(before ? { insert: [{ before: options === false ? 'bodyParser' : 'rateLimit', name: 'probe', handler: before }] } : {}),

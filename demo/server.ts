@@ -8,6 +8,7 @@
  *   curl -i localhost:3000/api/slow?ms=3000                             # 504 after 2 s
  *   curl -i localhost:3000/api/flaky                                    # 500s, then 503 CIRCUIT_OPEN
  *   curl -s localhost:3000/metrics | head
+ *   curl -i localhost:3000/health/ready                                 # 200 ready (Redis checked when REDIS_URL is set)
  */
 import express from 'express';
 import {
@@ -71,10 +72,6 @@ export function createDemoApp() {
   const app = express();
   app.use(stack);
 
-  app.get('/health', (_req, res) => {
-    res.json({ status: 'ok' });
-  });
-
   const api = express.Router();
   // Cached server-side for 30 s per caller; writes to /api/games invalidate it on every instance.
   api.get('/games', cache({ ttl: 30, tags: ['games'] }), (_req, res) => {
@@ -137,15 +134,20 @@ export function createDemoApp() {
 if (require.main === module) {
   const { app, stack } = createDemoApp();
   const port = Number(process.env.PORT ?? 3000);
-  const server = app.listen(port, () => {
-    stack.logger.info(`express-perimeter demo on http://localhost:${port} (${process.env.REDIS_URL ? 'Redis' : 'memory'} stores)`);
-  });
-  handleClientErrors(server);
-  const shutdown = async () => {
-    server.close();
-    await stack.close();
-    process.exit(0);
-  };
-  process.on('SIGTERM', shutdown);
-  process.on('SIGINT', shutdown);
+  // Traffic only once the stores are connected: a request before that cannot be counted on Redis.
+  void stack.ready().then(
+    () => {
+      const server = app.listen(port, () => {
+        stack.logger.info(`express-perimeter demo on http://localhost:${port} (${process.env.REDIS_URL ? 'Redis' : 'memory'} stores)`);
+      });
+      handleClientErrors(server);
+      // SIGTERM/SIGINT: readiness 503 draining, DRAIN_DELAY (5s behind a load balancer) for it to notice, then the
+      // listener closes and requests in flight get 20 s; exit 0 after a clean drain.
+      stack.attach(server, { drainDelay: process.env.DRAIN_DELAY ?? '0s', grace: '20s' });
+    },
+    (err: Error) => {
+      stack.logger.error(err.message, { code: 'PERIMETER_NOT_READY' });
+      process.exit(1);
+    },
+  );
 }

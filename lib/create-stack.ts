@@ -1,10 +1,13 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { Registry } from 'prom-client';
 import { errorNormalizer, type ErrorNormalizerOptions } from '../middleware/error-normalizer';
+import type { HealthHandler, HealthOptions } from '../middleware/health';
 import { notFound } from '../middleware/not-found';
 import { createErrorResponder } from './error-response';
 import { ConfigError } from './errors';
 import { checkForwardedFor } from './forwarded-for';
+import { GracefulShutdown, type AttachOptions, type ShutdownOptions } from './lifecycle/graceful-shutdown';
+import { waitForStores, type ReadyOptions } from './lifecycle/ready';
 import { createLogger, type Logger, type LoggerOptions } from './logger';
 import { nearest, refuseRequest } from './options';
 import { describe } from './units';
@@ -103,6 +106,8 @@ export interface StackConfig {
   errorNormalizer?: ErrorNormalizerOptions | boolean;
   /** `false` leaves 404 NOT_FOUND for unmatched routes out of `errorHandler`. On by default. */
   notFound?: boolean;
+  /** Liveness and readiness probes (`/health`, `/health/ready`). On by default. */
+  health?: HealthOptions | boolean;
 }
 
 /**
@@ -129,6 +134,21 @@ export interface Stack extends PerimeterHandler {
   metricsRegistry: Registry;
   /** The stack's logger. */
   logger: Logger;
+  /** Resolves once the stack's stores are connected (Redis: ready; a Cluster: slots known); rejects after `timeout` (default '30s'). Await it before listening. */
+  ready(options?: ReadyOptions): Promise<void>;
+  /**
+   * Sets safe server timeouts where Node's defaults are left, follows the server's connections,
+   * and on `signals` runs {@link shutdown}, then exits (0 after a clean drain, 1 otherwise)
+   * unless `exit: false`. A repeated SIGTERM is ignored; a second SIGINT exits at once.
+   */
+  attach(server: import('node:http').Server, options?: AttachOptions): void;
+  /**
+   * Graceful shutdown, once (later calls return the same promise): readiness 503 draining at
+   * once; after `drainDelay` the listener closes; responses carry `Connection: close`; accepted
+   * requests finish within `grace` (any left are ended and counted in one log line); then
+   * {@link close}.
+   */
+  shutdown(options?: ShutdownOptions): Promise<void>;
 }
 
 const TOP_LEVEL_KEYS = ['redis', 'keyPrefix', 'logger', 'insert', 'trustProxy', 'errorNormalizer', 'notFound'];
@@ -184,6 +204,20 @@ export function createStack(config: StackConfig = {}): Stack {
 
   // While it is open, a route-level rateLimit that no request of a stack reaches says it counts in memory.
   const closeShared = stores.kind === 'redis' ? openSharedStack(logger) : undefined;
+  let closed: Promise<void> | undefined;
+  const close = (): Promise<void> =>
+    (closed ??= (async () => {
+      lifecycle.detach();
+      closeShared?.();
+      for (const handler of [...handlers].reverse()) await handler.close?.();
+      await stores.close();
+    })());
+  const lifecycle = new GracefulShutdown({
+    logger,
+    onDraining: () => (middleware.health as HealthHandler | undefined)?.drain(),
+    close,
+  });
+
   let trustProxyApplied = config.trustProxy === undefined;
   const count = handlers.length;
   const stack = function perimeterStack(req: Request, res: Response, out: NextFunction): void {
@@ -195,6 +229,7 @@ export function createStack(config: StackConfig = {}): Stack {
       trustProxyApplied = true;
     }
     checkForwardedFor(req, logger);
+    lifecycle.markResponse(res);
     let index = 0;
     // A plain loop over the handlers (no per-layer path matching, as a Router would do).
     const next = (err?: unknown): void => {
@@ -217,7 +252,6 @@ export function createStack(config: StackConfig = {}): Stack {
     config.errorNormalizer === false ? (err, _req, _res, next) => next(err) : errorNormalizer(normalizerOptions),
   ];
   // errorNormalizer sends through the stack's responder, so timeouts and normal errors look alike.
-  let closed: Promise<void> | undefined;
   Object.assign(stack, {
     errorHandler: errorHandlers,
     order: names,
@@ -225,12 +259,10 @@ export function createStack(config: StackConfig = {}): Stack {
     stores,
     metricsRegistry: registry,
     logger,
-    close: () =>
-      (closed ??= (async () => {
-        closeShared?.();
-        for (const handler of [...handlers].reverse()) await handler.close?.();
-        await stores.close();
-      })()),
+    close,
+    ready: (options?: ReadyOptions) => waitForStores(stores.readiness ?? [], options),
+    attach: (server: import('node:http').Server, options?: AttachOptions) => lifecycle.attach(server, options),
+    shutdown: (options?: ShutdownOptions) => lifecycle.shutdown(options).then(() => undefined),
   });
   return stack;
 }

@@ -8,6 +8,7 @@ import { createCache } from '../middleware/cache';
 import { createCircuitBreaker } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
 import { credits } from '../middleware/credits';
+import { createHealth } from '../middleware/health';
 import { createFeatureFlags } from '../middleware/feature-flags';
 import { rateLimit } from '../middleware/rate-limit';
 import { createIpFilter } from '../middleware/ip-filter';
@@ -51,7 +52,7 @@ export interface StackEntry<O = unknown> {
 
 /**
  * The documented order, outer to inner; the README gives the reason for each place.
- * requestId → requestLogger → metrics → securityHeaders → cors → ipFilter → sizeLimit → timeout →
+ * requestId → requestLogger → metrics → health → securityHeaders → cors → ipFilter → sizeLimit → timeout →
  * bodyParser → auth → tenant → rateLimit → credits → sanitize → auditLog → featureFlags →
  * circuitBreaker → cache.
  */
@@ -59,6 +60,7 @@ export const STACK_ORDER = [
   'requestId',
   'requestLogger',
   'metrics',
+  'health',
   'securityHeaders',
   'cors',
   'ipFilter',
@@ -88,6 +90,9 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   requestLogger: { name: 'requestLogger', defaultOn: true, build: (o) => requestLogger(o) },
   // Bound to the stack's registry at setup, so stack.metricsRegistry holds the series before the first request.
   metrics: { name: 'metrics', defaultOn: true, build: (o, { runtime }) => createMetrics(o, runtime.registry) },
+  // Right after metrics (probes are counted) and before everything that could refuse, delay or record
+  // a probe; it answers without calling the rest of the chain. Its readiness includes the stack's stores.
+  health: { name: 'health', defaultOn: true, build: (o, { runtime }) => createHealth(o, runtime) },
   securityHeaders: { name: 'securityHeaders', defaultOn: true, build: (o) => securityHeaders(o) },
   cors: { name: 'cors', defaultOn: false, build: (o) => cors(o) },
   // Off until configured; the stack's logger receives its setup warnings (weak JWT secret).

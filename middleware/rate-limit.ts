@@ -50,7 +50,7 @@ export interface RateLimitOptions {
   prefix?: string;
   /** Which headers: 'legacy' (X-RateLimit-*), 'ietf' (RateLimit-Policy, RateLimit), 'both', or false. Defaults to 'both'. */
   headers?: 'legacy' | 'ietf' | 'both' | boolean;
-  /** When the store fails or is slower than `storeTimeout`: 'open' (let through), 'closed' (503) or 'memory' (a local limiter). Defaults to 'memory'. */
+  /** When the store fails or is slower than `storeTimeout`: 'open' (let through), 'closed' (503) or 'memory' (a local limiter). Defaults to 'memory', except before the shared store has ever connected, where the default answers 503 (an explicit 'memory' counts locally then too). */
   onStoreError?: 'open' | 'closed' | 'memory';
   /** Longest a store decision may take before it counts as a failure. Defaults to '100ms'. */
   storeTimeout?: number | string;
@@ -138,6 +138,9 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
   const legacy = headerMode === 'legacy' || headerMode === 'both';
   const ietf = headerMode === 'ietf' || headerMode === 'both';
   const failMode = oneOf('rateLimit.onStoreError', options.onStoreError ?? 'memory', ['open', 'closed', 'memory']);
+  // Counting in memory before the shared store ever connected lets each instance admit the whole
+  // limit (#13): only a user who asked for 'memory' gets that.
+  const memoryBeforeConnect = options.onStoreError === 'memory';
   const storeTimeout = Math.max(1, Math.ceil(parseDuration(options.storeTimeout ?? '100ms', 'rateLimit.storeTimeout')));
   if (options.now !== undefined && typeof options.now !== 'function') {
     throw new ConfigError('rateLimit.now', `expected a function returning epoch milliseconds, got ${describe(options.now)}`);
@@ -169,6 +172,9 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
   function degrade(req: Request, res: Response, next: NextFunction, state: LimiterState, tier: CompiledTier, id: string, cost: number): void {
     if (failMode === 'open') return next();
     if (failMode === 'closed') return next(new ServiceUnavailableError('Rate limiting is unavailable right now; try again shortly.'));
+    if (!memoryBeforeConnect && state.beforeConnect) {
+      return next(new ServiceUnavailableError('Rate limiting is not connected to its store yet; try again shortly.').withHeaders({ 'Retry-After': '1' }));
+    }
     respond(req, res, next, state, tier, state.local().consume(id, tier.fallback, cost), true);
   }
 
@@ -221,7 +227,10 @@ class LimiterState {
   private readonly storeErrors: Counter<string>;
   private readonly logger: Logger;
   private fallback?: MemoryRateLimitStore;
+  private readonly readiness: PerimeterRuntime['stores']['readiness'];
   outage = false;
+  /** The store has failed and never connected yet: the default fail mode answers 503 (see degrade). */
+  beforeConnect = false;
   private probing = false;
   private nextProbeAt = 0;
 
@@ -234,8 +243,14 @@ class LimiterState {
   ) {
     this.store = store;
     this.logger = runtime.logger;
+    this.readiness = runtime.stores.readiness;
     this.rejections = counter(runtime.registry, 'rate_limit_rejections_total', 'Requests refused by rateLimit (429)', ['key_type', 'route']);
     this.storeErrors = counter(runtime.registry, 'rate_limit_store_errors_total', 'Rate-limit decisions whose store failed or answered too late', []);
+  }
+
+  /** Whether the shared store has connected at least once (memory: always). */
+  connected(): boolean {
+    return this.readiness === undefined || this.readiness.every((r) => r.connected);
   }
 
   /** The local limiter of `onStoreError: 'memory'`, made on first use. */
@@ -245,13 +260,15 @@ class LimiterState {
 
   /** During an outage: whether this request may try the store (one at a time, once a second). */
   mayProbe(): boolean {
-    if (this.probing || Date.now() < this.nextProbeAt) return false;
+    // Once the store connects for the first time, the next request tries it at once.
+    if (this.probing || (Date.now() < this.nextProbeAt && !(this.beforeConnect && this.connected()))) return false;
     this.probing = true;
     return true;
   }
 
   answered(): void {
     this.probing = false;
+    this.beforeConnect = false;
     if (!this.outage) return;
     this.outage = false;
     this.logger.info('Rate limiting is back on its shared store', { code: 'ERR_RATE_LIMIT_STORE_RECOVERED', limiter: this.prefix });
@@ -260,6 +277,7 @@ class LimiterState {
   failed(err: unknown): void {
     this.storeErrors.inc();
     this.probing = false;
+    if (!this.connected()) this.beforeConnect = true;
     this.nextProbeAt = Date.now() + PROBE_INTERVAL_MS;
     if (this.outage) return;
     this.outage = true;

@@ -7,6 +7,7 @@ import { contextOf } from '../lib/context';
 import { onceOnExpressPrototype, peekSlots, slotsOf } from '../lib/request-slots';
 import { onResponseDone } from '../lib/response-done';
 import type { PerimeterHandler } from '../types/express-augment';
+import { isProbe } from '../lib/lifecycle/probe';
 
 /** Options of {@link requestLogger}. */
 export interface RequestLoggerOptions {
@@ -27,7 +28,7 @@ const SEVERITY: Record<string, string> = { error: 'ERROR', warn: 'WARNING', info
 /**
  * One JSON line per request when it finishes ("Request completed"): request_id, method, path,
  * status_code, duration_ms, ip, user_agent, device, user_id, tenant_id, cache_hit; level error
- * for 5xx, warn for 4xx, info otherwise. Sets `X-Response-Time`.
+ * for 5xx, warn for 4xx, info otherwise; debug for health probes. Sets `X-Response-Time`.
  */
 export function requestLogger(options?: RequestLoggerOptions): PerimeterHandler;
 export function requestLogger(options: RequestLoggerOptions = {}): RequestHandler {
@@ -49,7 +50,8 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
       const durationMs = Math.round(Number(process.hrtime.bigint() - start) / 1e4) / 100;
       const status = res.statusCode;
       const aborted = !res.writableFinished;
-      const level = status >= 500 ? 'error' : status >= 400 || aborted ? 'warn' : 'info';
+      // Probes come every few seconds from every balancer: debug, whatever their status (readiness logs its own changes).
+      const level = isProbe(req) ? 'debug' : status >= 500 ? 'error' : status >= 400 || aborted ? 'warn' : 'info';
       const ctx = context ?? contextOf(req);
       const line: Record<string, unknown> = {
         request_id: req.id,

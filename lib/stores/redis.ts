@@ -8,9 +8,11 @@ import type {
   KeyValueStore,
   PubSub,
   StoreFactory,
+  StoreReadiness,
   Stores,
 } from './types';
 import { LUA_NOW_MS, LUA_ZADD_EXPIRING } from './lua';
+import { redisReadiness } from './redis-readiness';
 
 // Every script reads Redis's own TIME, so instances whose clocks disagree still agree on windows.
 
@@ -153,9 +155,11 @@ export class RedisStores implements Stores {
   readonly kind = 'redis' as const;
   readonly connection: RedisConnection;
   readonly pubsub: PubSub;
+  readonly readiness: readonly StoreReadiness[];
   constructor(redis: RedisOption, options: RedisStoresOptions) {
     this.connection = new RedisConnection(redis, options);
     this.pubsub = new RedisPubSub(this.connection);
+    this.readiness = [redisReadiness(this.connection.client)];
   }
   create<T>(factory: StoreFactory<T>): T {
     return factory.redis(this.connection, this);
