@@ -1,0 +1,7 @@
+import { describeFuzzStack } from './fuzz-stack';
+
+// Issue #11: the permanent hostile suite, on memory stores. PERIMETER_FUZZ_SEED replays a run,
+// PERIMETER_FUZZ_SCALE scales its size (docs/security.md).
+jest.setTimeout(180_000);
+
+describeFuzzStack('hostile fuzz: the whole stack on memory stores (#11)', { kind: 'memory', batches: 4, perBatch: 1_750, heap: true });

@@ -1,0 +1,11 @@
+import { redisUrl } from '../helpers/app';
+import { describeFuzzStack } from './fuzz-stack';
+
+// Issue #11: the permanent hostile suite, with every store on the test Redis (its own key prefix).
+jest.setTimeout(180_000);
+
+if (redisUrl === undefined) {
+  describe.skip('hostile fuzz: the whole stack on Redis (#11): no test Redis', () => undefined);
+} else {
+  describeFuzzStack('hostile fuzz: the whole stack on Redis (#11)', { kind: 'redis', redis: redisUrl, batches: 4, perBatch: 1_250, heap: true });
+}
