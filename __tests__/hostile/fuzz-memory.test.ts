@@ -1,4 +1,4 @@
-import { describeFuzzStack } from './fuzz-stack';
+import { describeFuzzStack } from './helpers-fuzz-stack';
 
 // Issue #11: the permanent hostile suite, on memory stores. PERIMETER_FUZZ_SEED replays a run,
 // PERIMETER_FUZZ_SCALE scales its size (docs/security.md).

@@ -1,5 +1,5 @@
 import { redisUrl } from '../helpers/app';
-import { describeFuzzStack } from './fuzz-stack';
+import { describeFuzzStack } from './helpers-fuzz-stack';
 
 // Issue #11: the permanent hostile suite, with every store on the test Redis (its own key prefix).
 jest.setTimeout(180_000);
