@@ -18,6 +18,7 @@ import {
   startTarget,
   checkOutcome,
   fuzzSeed,
+  tooManyLost,
   type Target,
   type Violation,
 } from './helpers';
@@ -64,9 +65,10 @@ export function describeFuzzStack(title: string, options: FuzzStackOptions): voi
       const seenPaths = new Set<string>();
       for (let batch = 0; batch < options.batches; batch++) {
         const requests = fc.sample(fuzzRequest, { seed: seed + batch, numRuns: perBatch });
-        const outcomes = await pool(requests, CONCURRENCY, (fr) => send(target, fr));
-        sent += requests.length;
-        for (const [i, outcome] of outcomes.entries()) violations.push(...checkOutcome(target, requests[i], outcome));
+        const outcomes = await pool(requests, CONCURRENCY, (fr) => send(target, fr), tooManyLost());
+        for (const [i, outcome] of outcomes.entries()) if (outcome !== undefined) violations.push(...checkOutcome(target, requests[i], outcome));
+        sent += outcomes.filter((o) => o !== undefined).length;
+        if (sent < (batch + 1) * perBatch) break;
         target.views.clear();
 
         let newPaths = 0;
