@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { rawRequest } from './helpers-generators';
-import { CONCURRENCY, checkOutcome, fuzzSeed, noteAwaiting, pool, processWatch, report, scaled, send, sendRaw, sortViolations, startTarget, tooManyLost, type Target, type Violation } from './helpers';
+import { CONCURRENCY, checkOutcome, fuzzSeed, noteAwaiting, pool, processWatch, replayable, report, scaled, send, sendRaw, sortViolations, startTarget, tooManyLost, type Target, type Violation } from './helpers';
 
 // Issue #11: requests Node's own client will not send (control characters, bad request lines,
 // conflicting lengths, oversized heads), over raw sockets. What the parser refuses must come back
@@ -23,7 +23,7 @@ describe('hostile fuzz: malformed HTTP over raw sockets (#11)', () => {
     await target?.close();
   });
 
-  it(`answers ${count} raw requests, refused or not, with the envelope, a request id and nothing internal`, async () => {
+  it(`answers ${count} raw requests, refused or not, with the envelope, a request id and nothing internal`, replayable(seed, async () => {
     const requests = fc.sample(rawRequest, { seed, numRuns: count });
     const outcomes = await pool(requests, CONCURRENCY, (r) => sendRaw(target.port, Buffer.from(r.bytes, 'latin1')), tooManyLost());
     const violations: Violation[] = [];
@@ -55,9 +55,9 @@ describe('hostile fuzz: malformed HTTP over raw sockets (#11)', () => {
     const { failing, awaiting } = sortViolations(violations);
     noteAwaiting('raw', seed, awaiting);
     if (failing.length > 0) throw new Error(report('hostile fuzz: raw sockets', seed, failing));
-  });
+  }));
 
-  it('raises no unhandled rejection and no uncaught exception', () => {
+  it('raises no unhandled rejection and no uncaught exception', replayable(seed, () => {
     expect(watch.seen).toEqual([]);
-  });
+  }));
 });

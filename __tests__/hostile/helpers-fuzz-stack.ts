@@ -14,6 +14,7 @@ import {
   send,
   series,
   settledHeap,
+  replayable,
   sortViolations,
   startTarget,
   checkOutcome,
@@ -60,7 +61,7 @@ export function describeFuzzStack(title: string, options: FuzzStackOptions): voi
       await target?.close();
     });
 
-    it(`answers ${options.batches} batches of ${perBatch} hostile requests with the error envelope, a request id, no unexpected 5xx and nothing internal`, async () => {
+    it(`answers ${options.batches} batches of ${perBatch} hostile requests with the error envelope, a request id, no unexpected 5xx and nothing internal`, replayable(seed, async () => {
       const violations: Violation[] = [];
       const seenPaths = new Set<string>();
       for (let batch = 0; batch < options.batches; batch++) {
@@ -84,20 +85,20 @@ export function describeFuzzStack(title: string, options: FuzzStackOptions): voi
       noteAwaiting(title, seed, awaiting);
       if (failing.length > 0) throw new Error(report(title, seed, failing));
       expect(sent).toBe(options.batches * perBatch);
-    });
+    }));
 
-    it('leaves Object.prototype and the other shared prototypes as they were', () => {
+    it('leaves Object.prototype and the other shared prototypes as they were', replayable(seed, () => {
       expect(sent).toBeGreaterThan(0);
       expect(prototypeSnapshot()).toEqual(prototypesBefore);
       expect(({} as Record<string, unknown>).polluted).toBeUndefined();
-    });
+    }));
 
-    it('raises no unhandled rejection and no uncaught exception', () => {
+    it('raises no unhandled rejection and no uncaught exception', replayable(seed, () => {
       expect(sent).toBeGreaterThan(0);
       expect(watch.seen).toEqual([]);
-    });
+    }));
 
-    it('keeps http_requests_total bounded: only route templates as labels, and thousands of new paths add next to no series', () => {
+    it('keeps http_requests_total bounded: only route templates as labels, and hundreds of new paths add next to no series', replayable(seed, () => {
       expect(seriesAfter.length).toBeGreaterThanOrEqual(2);
       const known = new Set([...ROUTES, '#unmatched', '/metrics']);
       for (const { routes } of seriesAfter) for (const route of routes) expect(known).toContain(route);
@@ -108,17 +109,16 @@ export function describeFuzzStack(title: string, options: FuzzStackOptions): voi
       expect(second.lines - first.lines).toBeLessThan(60);
       // Every label is one of the routes (a path can only ever name one of them).
       for (const route of second.routes) if (route !== '#unmatched' && route !== '/metrics') expect(routeOf(route.replace(':id', '1'))).toBe(route);
-    });
+    }));
 
-    (options.heap && gc !== undefined ? it : it.skip)('lets the heap settle: after the last batch it is not notably above the second', () => {
+    (options.heap && gc !== undefined ? it : it.skip)('lets the heap settle: after the last batch it is not notably above the second', replayable(seed, () => {
       expect(heaps.length).toBeGreaterThanOrEqual(3);
-      process.stderr.write(`[hostile heap ${options.kind}] ${heaps.map((h) => (h / 1048576).toFixed(1)).join(' ')} MB\n`);
       // Stores are bounded and filled by the first batch, so the heap is flat from the second on
       // (within a megabyte of V8 bookkeeping). The bound is loose on purpose, never flaky: a
       // request, socket or buffer kept per request (several kB each) would still exceed it.
       const second = heaps[1];
       const last = heaps[heaps.length - 1];
       expect(last).toBeLessThan(second * 1.1 + 6 * 1024 * 1024);
-    });
+    }));
   });
 }

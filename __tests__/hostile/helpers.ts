@@ -33,6 +33,18 @@ export function fuzzSeed(): number {
   return seed | 0;
 }
 
+/** Wraps a test so that any failure, an assertion's included, names the seed that replays the run. */
+export function replayable(seed: number, fn: () => void | Promise<void>): () => Promise<void> {
+  return async () => {
+    try {
+      await fn();
+    } catch (err) {
+      if (err instanceof Error && !err.message.includes('PERIMETER_FUZZ_SEED=')) err.message += `\n\nPERIMETER_FUZZ_SEED=${seed} replays this run.`;
+      throw err;
+    }
+  };
+}
+
 /** `n` scaled by PERIMETER_FUZZ_SCALE (default 1): 0.1 for a quick local look, 10 for a long soak. */
 export function scaled(n: number): number {
   const raw = process.env.PERIMETER_FUZZ_SCALE;
