@@ -418,7 +418,8 @@ describe.each([['memory'], ...(redisUrl ? [['redis']] : [])])('%s credits store'
   let stores: Stores;
   let store: CreditsStore;
   beforeEach(() => {
-    stores = kind === 'memory' ? new MemoryStores() : new RedisStores(redisUrl!, { logger: recordingLogger().logger, prefix: uniquePrefix() });
+    // A roomy command timeout on Redis (#11): these tests are about outcomes, not a loaded machine's latency.
+    stores = kind === 'memory' ? new MemoryStores() : new RedisStores(redisUrl!, { logger: recordingLogger().logger, prefix: uniquePrefix(), commandTimeout: 10_000 });
     store = stores.create(creditsStore());
   });
   afterEach(() => stores.close());
@@ -452,7 +453,7 @@ describe.each([['memory'], ...(redisUrl ? [['redis']] : [])])('%s credits store'
 
 describeRedis('credits on Redis', () => {
   it('does not take a reservation that arrives after its undo (a late resend after a timeout)', async () => {
-    const stores = new RedisStores(redisUrl!, { logger: recordingLogger().logger, prefix: uniquePrefix() });
+    const stores = new RedisStores(redisUrl!, { logger: recordingLogger().logger, prefix: uniquePrefix(), commandTimeout: 10_000 });
     try {
       const store = stores.create(creditsStore());
       await store.grant('ray', 10, 0, 'grant');
