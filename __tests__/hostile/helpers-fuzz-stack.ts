@@ -9,7 +9,6 @@ import {
   prototypeSnapshot,
   report,
   ROUTES,
-  routeOf,
   scaled,
   send,
   series,
@@ -99,16 +98,16 @@ export function describeFuzzStack(title: string, options: FuzzStackOptions): voi
     }));
 
     it('keeps http_requests_total bounded: only route templates as labels, and hundreds of new paths add next to no series', replayable(seed, () => {
-      expect(seriesAfter.length).toBeGreaterThanOrEqual(2);
+      expect(seriesAfter.length).toBeGreaterThanOrEqual(3);
       const known = new Set([...ROUTES, '#unmatched', '/metrics']);
       for (const { routes } of seriesAfter) for (const route of routes) expect(known).toContain(route);
-      const [first, second] = seriesAfter;
-      // Series are method × route × status: a second batch can add a few combinations, never
-      // one per path (it brought hundreds of paths never seen before).
-      expect(second.newPaths).toBeGreaterThan(100);
-      expect(second.lines - first.lines).toBeLessThan(60);
-      // Every label is one of the routes (a path can only ever name one of them).
-      for (const route of second.routes) if (route !== '#unmatched' && route !== '/metrics') expect(routeOf(route.replace(':id', '1'))).toBe(route);
+      // Series are method × route × status: after the first batches only rare combinations are
+      // new (a few dozen), while each batch brings hundreds of paths never seen before. A path
+      // that became a label would add a series per new path.
+      const second = seriesAfter[1];
+      const last = seriesAfter[seriesAfter.length - 1];
+      const newPaths = seriesAfter.slice(2).reduce((sum, s) => sum + s.newPaths, 0);
+      expect(last.lines - second.lines).toBeLessThan(Math.max(60, newPaths / 10));
     }));
 
     (options.heap && gc !== undefined ? it : it.skip)('lets the heap settle: after the last batch it is not notably above the second', replayable(seed, () => {
