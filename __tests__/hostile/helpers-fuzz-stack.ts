@@ -1,4 +1,5 @@
 import fc from 'fast-check';
+import { verifyAuditChain } from '../../index';
 import { fuzzRequest } from './helpers-generators';
 import {
   CONCURRENCY,
@@ -84,6 +85,19 @@ export function describeFuzzStack(title: string, options: FuzzStackOptions): voi
       noteAwaiting(title, seed, awaiting);
       if (failing.length > 0) throw new Error(report(title, seed, failing));
       expect(sent).toBe(options.batches * perBatch);
+    }));
+
+    it('keeps the audit hash chain valid whatever the requests carried', replayable(seed, async () => {
+      expect(sent).toBeGreaterThan(0);
+      expect(await target.stack.middleware.auditLog.flush()).toBe(true);
+      // The sink keeps the last records only: the chain is checked from the first one kept.
+      expect(target.audited.length).toBeGreaterThan(10);
+      expect(verifyAuditChain(target.audited, { genesis: false })).toMatchObject({ valid: true, count: target.audited.length });
+    }));
+
+    it('logs at error level only the 5xx of the routes that fail on purpose', replayable(seed, () => {
+      expect(sent).toBeGreaterThan(0);
+      expect(target.unexpectedErrors).toEqual([]);
     }));
 
     it('leaves Object.prototype and the other shared prototypes as they were', replayable(seed, () => {
