@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { fuzzRequest, rawRequest } from './helpers-generators';
-import { checkOutcome, forwardedAddress, parseResponse, send, startTarget, type FuzzRequest, type Outcome, type Target, type View } from './helpers';
+import { checkOutcome, forwardedAddress, parseResponse, processWatch, realProcess, send, startTarget, type FuzzRequest, type Outcome, type Target, type View } from './helpers';
 
 // Issue #11: the hostile suite's properties must be able to fail. Each check is shown catching
 // the defect it is there for, on hand-made answers and on a live target set up to leak.
@@ -101,6 +101,16 @@ describe('hostile suite checks (#11)', () => {
     expect(parseResponse('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi')).toMatchObject({ status: 200, body: 'hi', complete: true });
     expect(parseResponse('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n1\r\n!\r\n0\r\n\r\n')).toMatchObject({ body: 'hi!', complete: true });
     expect(parseResponse('HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n')).toMatchObject({ status: 404, complete: true });
+  });
+
+  it("listens to the real process for unhandled rejections and uncaught exceptions (jest's copy of process never hears them)", () => {
+    const real = realProcess();
+    expect(real).not.toBe(process);
+    const before = [real.listenerCount('unhandledRejection'), real.listenerCount('uncaughtException')];
+    const watch = processWatch();
+    expect([real.listenerCount('unhandledRejection'), real.listenerCount('uncaughtException')]).toEqual([before[0] + 1, before[1] + 1]);
+    watch.stop();
+    expect([real.listenerCount('unhandledRejection'), real.listenerCount('uncaughtException')]).toEqual(before);
   });
 
   it('generates the same requests from the same seed (a printed seed replays a run)', () => {

@@ -5,7 +5,7 @@ import { parse as parseCookie } from 'cookie';
 import ipaddr from 'ipaddr.js';
 import { setFlagsFromString } from 'node:v8';
 import { gzipSync } from 'node:zlib';
-import { runInNewContext } from 'node:vm';
+import { runInNewContext, runInThisContext } from 'node:vm';
 import type { Express, NextFunction, Request, Response } from 'express';
 import { Writable } from 'node:stream';
 import { circuitBreaker, createLogger, createStack, handleClientErrors, rateLimit, requireAuth, requireFeature, timeout, type Stack, type StackConfig } from '../../index';
@@ -725,18 +725,32 @@ export function noteAwaiting(label: string, seed: number, awaiting: Violation[])
 // ---------------------------------------------------------------------------------------------
 // Whole-process properties
 
-/** Records unhandled rejections and uncaught exceptions while installed. */
+/**
+ * The process itself. Jest gives each test file a copy of `process` whose listeners never hear
+ * the real process's events; code run in the main context sees the real one.
+ */
+export function realProcess(): NodeJS.Process {
+  try {
+    const real = runInThisContext('process') as NodeJS.Process;
+    return typeof real?.on === 'function' ? real : process;
+  } catch {
+    return process;
+  }
+}
+
+/** Records unhandled rejections and uncaught exceptions (of the real process) while installed. */
 export function processWatch(): { seen: string[]; stop(): void } {
   const seen: string[] = [];
+  const target = realProcess();
   const onRejection = (reason: unknown) => seen.push(`unhandledRejection: ${reason instanceof Error ? (reason.stack ?? reason.message) : String(reason)}`);
   const onException = (err: Error) => seen.push(`uncaughtException: ${err.stack ?? err.message}`);
-  process.on('unhandledRejection', onRejection);
-  process.on('uncaughtException', onException);
+  target.on('unhandledRejection', onRejection);
+  target.on('uncaughtException', onException);
   return {
     seen,
     stop() {
-      process.off('unhandledRejection', onRejection);
-      process.off('uncaughtException', onException);
+      target.off('unhandledRejection', onRejection);
+      target.off('uncaughtException', onException);
     },
   };
 }
