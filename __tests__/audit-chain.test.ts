@@ -279,8 +279,8 @@ describeRedis('auditLog { redisStream } on Redis', () => {
       );
       const statuses = await Promise.all(Array.from({ length: 1000 }, (_, n) => post(agent, `${urls[n % 2]}/api/games`, { n })));
       expect(statuses.filter((s) => s === 201)).toHaveLength(1000);
-      // Deadlines that only bound a failure (#11): 1,000 requests and their records can take a
-      // loaded two-core machine well over the default 20 s test timeout.
+      // Deadlines that only bound a failure: 1,000 requests and their records can take a loaded
+      // two-core machine well over the default 20 s test timeout.
       expect(await Promise.all(stacks.map((stack) => stack.middleware.auditLog.flush('60s')))).toEqual([true, true]);
 
       const key = `${prefix}audit:{audit}`;
@@ -307,7 +307,7 @@ describeRedis('auditLog { redisStream } on Redis', () => {
   }, 120_000);
 
   it('appends a retried batch once, refuses a chained append whose head moved (saying where it is), and lets a repeated loser take a turn', async () => {
-    // Roomy deadlines (#11): a loaded machine can take a script call past 1 s; this test is about outcomes.
+    // Roomy deadlines: a loaded machine can take a script call past 1 s, and this test is about outcomes.
     const stores = new RedisStores(redisUrl as string, { logger: recordingLogger().logger, prefix: uniquePrefix(), commandTimeout: 10_000 });
     try {
       const store = stores.create(auditStreamStore({ stream: 'audit' }));

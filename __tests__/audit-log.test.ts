@@ -415,8 +415,8 @@ describe('auditLog sinks', () => {
     const good = collector();
     const flaky: AuditRecord[] = [];
     let calls = 0;
-    // Its first success waits for the test to look (#11): how far its retries got while the
-    // requests ran depends on the machine's load, not on the code.
+    // Its first success waits for the test to look: how far its retries get while the requests
+    // run depends on the machine's load, not on the code.
     const recovered = gate();
     const flakySink = async function flakySink(record: AuditRecord) {
       if (++calls <= 3) throw new Error(`disk unavailable (${calls})`);
@@ -477,7 +477,7 @@ describe('auditLog sinks', () => {
       await hold.promise;
       written.push(record);
     };
-    // 'atDoor' sees each request reach auditLog (#11: the test waits for that, not for 150 ms).
+    // 'atDoor' sees each request reach auditLog: the test waits for that, not for a time.
     const atDoor: string[] = [];
     const stack = createStack({
       ...ONLY_AUDIT,
@@ -523,8 +523,8 @@ describe('auditLog sinks', () => {
 
   it('close() resolves once queued records are written, and stack.close() calls it', async () => {
     const written: AuditRecord[] = [];
-    // The sink writes only once close() has begun (#11: a sink that merely took 20 ms a record
-    // could finish before close() on a slow machine, and the test then proved nothing).
+    // The sink writes only once close() has begun: a sink that merely took some time per record
+    // could finish before close() on a slow machine, and the test would prove nothing.
     const writing = gate();
     const slow = async (record: AuditRecord) => {
       await writing.promise;

@@ -418,7 +418,7 @@ describe.each([['memory'], ...(redisUrl ? [['redis']] : [])])('%s credits store'
   let stores: Stores;
   let store: CreditsStore;
   beforeEach(() => {
-    // A roomy command timeout on Redis (#11): these tests are about outcomes, not a loaded machine's latency.
+    // A roomy command timeout on Redis: these tests are about outcomes, not a loaded machine's latency.
     stores = kind === 'memory' ? new MemoryStores() : new RedisStores(redisUrl!, { logger: recordingLogger().logger, prefix: uniquePrefix(), commandTimeout: 10_000 });
     store = stores.create(creditsStore());
   });
@@ -527,7 +527,7 @@ describeRedis('credits on Redis', () => {
         const res = await request(server).get('/ok').set('X-User', 'sam').expect(503);
         expect(reached).toHaveLength(1);
         // The store timeout (100 ms) answered, not the connection's own command timeout (1 s):
-        // the failure the request was refused for names it (read from the log, not a clock, #11).
+        // the failure the request was refused for names it (read from the log, not from a clock).
         expect(lines.find((l) => l.code === 'ERR_CREDITS_STORE')).toMatchObject({ err: { name: 'StoreTimeoutError', message: 'Redis did not answer within 100 ms' } });
         expect(res.body.error.code).toBe('SERVICE_UNAVAILABLE');
         expect(await metric(stack, 'credits_rejections_total', { reason: 'store_unavailable' })).toBe(1);

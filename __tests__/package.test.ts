@@ -128,7 +128,7 @@ function makeProject(): string {
 }
 
 // The deadlines of this file only bound a failure (a child kept alive by an open handle, a
-// build that hangs): builds and tsc runs can take minutes on a loaded two-core machine (#11).
+// build that hangs): builds and tsc runs can take minutes on a loaded two-core machine.
 beforeAll(() => {
   ensureBuilt();
   project = makeProject();

@@ -197,9 +197,9 @@ describeOwnRedis('rateLimit when Redis fails', () => {
   afterAll(() => server.stop());
 
   it('makes one EVALSHA per decision: one round trip, the whole decision inside the script', async () => {
-    // A roomy store timeout (#11): with the default 100 ms, a decision that a loaded machine
-    // delays past it counts as an outage, and the requests after it go to the local limiter
-    // without a script call, so the count came out short in one run of five.
+    // A roomy store timeout: with the default 100 ms, a decision that a loaded machine delays past
+    // it counts as an outage, and the requests after it go to the local limiter without a script
+    // call, so the count comes out short.
     const instance = await startInstance(server.url, uniquePrefix(), { limit: 1000, daily: 5000, storeTimeout: '10s' });
     const probe = new Redis(server.url);
     const calls = async (): Promise<Record<string, number>> => {
@@ -226,8 +226,8 @@ describeOwnRedis('rateLimit when Redis fails', () => {
   it('answers within the store timeout in each fail mode while Redis is down, logs once per outage, and resumes on Redis after a restart', async () => {
     const modes = ['memory', 'closed', 'open'] as const;
     const prefix = uniquePrefix();
-    // 1 s, not 100 ms (#11): the requests before the outage must not time out on a loaded
-    // machine (that would be an outage of its own, logged and answered in the fail mode).
+    // 1 s: the requests before the outage must not time out on a loaded machine (that would be an
+    // outage of its own, logged and answered in the fail mode).
     const options = (mode: (typeof modes)[number]): RateLimitOptions => ({
       limit: 4,
       instances: 2,

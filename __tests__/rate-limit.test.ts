@@ -119,7 +119,7 @@ if (redisUrl) {
   backends.push([
     'redis',
     (clock) => {
-      // A roomy command timeout (#11): the first call of a suite (connect, load the script) can take
+      // A roomy command timeout: the first call of a suite (connect, load the script) can take
       // a loaded machine over the 1 s default, and these tests are about decisions, not timeouts.
       const stores = new RedisStores(redisUrl as string, { logger: recordingLogger().logger, prefix: uniquePrefix(), commandTimeout: 10_000 });
       return { stores, store: stores.create(rateLimitStore({ namespace: 'table', redisClockForTests: clock })) };

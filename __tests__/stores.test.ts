@@ -4,7 +4,7 @@ import { describeRedis, eventually, recordingLogger, redisUrl, uniquePrefix } fr
 
 const backends: Array<[string, () => Stores]> = [['memory', () => new MemoryStores()]];
 const url = redisUrl;
-// A roomy command timeout (#11): these tests are about what the stores keep, not a loaded machine's latency.
+// A roomy command timeout: these tests are about what the stores keep, not a loaded machine's latency.
 if (url) backends.push(['redis', () => new RedisStores(url, { logger: recordingLogger().logger, prefix: uniquePrefix(), commandTimeout: 10_000 })]);
 
 describe.each(backends)('%s stores', (_name, make) => {
@@ -14,8 +14,8 @@ describe.each(backends)('%s stores', (_name, make) => {
   });
   afterEach(() => stores.close());
 
-  // Lifetimes (#11): what must still be there has a lifetime no loaded machine outlasts within
-  // the test (a minute); what must expire has 50 ms and is waited for, not slept on.
+  // Lifetimes: what must still be there has a lifetime no loaded machine outlasts within the test
+  // (a minute); what must expire has 50 ms and is waited for, not slept on.
   it('key-value entries round-trip and expire', async () => {
     const kv = stores.keyValue<{ n: number }>('kv');
     await kv.set('a', { n: 1 });
@@ -96,7 +96,7 @@ describeRedis('redis connection', () => {
   it('fails a command within the timeout when Redis accepts but never answers, and logs the outage once', async () => {
     const { logger, lines } = recordingLogger();
     const stores = new RedisStores(`redis://127.0.0.1:${port}`, { logger, commandTimeout: 100 });
-    // The 100 ms deadline is what answered (the error says so), however slow the machine (#11).
+    // The 100 ms deadline is what answered (the error says so), however slow the machine.
     await expect(stores.counter('c').increment('k', 1000)).rejects.toThrow(new StoreTimeoutError(100));
     await expect(stores.counter('c').increment('k', 1000)).rejects.toBeInstanceOf(StoreTimeoutError);
     expect(lines.filter((l) => l.code === 'ERR_REDIS_UNAVAILABLE')).toHaveLength(1);
