@@ -327,7 +327,7 @@ export const fuzzRequest: fc.Arbitrary<FuzzRequest> = fc
 
 const CTL = [0x00, 0x01, 0x07, 0x08, 0x0b, 0x0c, 0x0e, 0x1b, 0x1f, 0x7f].map((c) => String.fromCharCode(c));
 
-/** One raw request: its bytes and whether Node's parser is expected to refuse it. */
+/** One raw request: its bytes (latin1) and a printable description. */
 export interface RawRequest {
   bytes: string;
   /** What it is, for failure messages. */

@@ -796,7 +796,7 @@ export function garbageCollector(): (() => void) | undefined {
   }
 }
 
-/** Heap in use after full collections (twice, with a turn of the event loop between, so finalisers run). */
+/** Heap in use after three full collections, a turn of the event loop after each (so finalisers run). */
 export async function settledHeap(gc: () => void): Promise<number> {
   for (let i = 0; i < 3; i++) {
     gc();
