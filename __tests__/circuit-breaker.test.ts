@@ -513,7 +513,7 @@ describeRedis('circuitBreaker state shared through Redis', () => {
     await hit(a.app, 5);
     expect(a.breaker.state).toBe('OPEN');
     // B never failed a call: only A's announcement can open it.
-    await eventually(() => expect(b.breaker.state).toBe('OPEN'), 1000);
+    await eventually(() => expect(b.breaker.state).toBe('OPEN'));
     const callsBefore = b.state.calls;
     expectCircuitOpen(await request(b.app).get('/flaky'), '30');
     expect(b.state.calls).toBe(callsBefore);
@@ -524,13 +524,13 @@ describeRedis('circuitBreaker state shared through Redis', () => {
 
     // A new instance joins an open circuit from the stored state.
     const c = instance(prefix, manualClock().now);
-    await eventually(() => expect(c.breaker.state).toBe('OPEN'), 1000);
+    await eventually(() => expect(c.breaker.state).toBe('OPEN'));
 
     clockA.advance(30_000);
     a.state.mode = 'ok';
     await request(a.app).get('/flaky').expect(200);
     expect(a.breaker.state).toBe('CLOSED');
-    await eventually(() => expect(b.breaker.state).toBe('CLOSED'), 1000);
+    await eventually(() => expect(b.breaker.state).toBe('CLOSED'));
     await request(b.app).get('/flaky').expect(200);
     expect(await raw.hget(`${prefix}circuitBreaker:{stack}`, 'state')).toBe('CLOSED');
     // Each instance logged each change once: B went OPEN → CLOSED on A's word, with no half-open of its own.

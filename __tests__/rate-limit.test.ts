@@ -119,7 +119,9 @@ if (redisUrl) {
   backends.push([
     'redis',
     (clock) => {
-      const stores = new RedisStores(redisUrl as string, { logger: recordingLogger().logger, prefix: uniquePrefix() });
+      // A roomy command timeout: the first call of a suite (connect, load the script) can take
+      // a loaded machine over the 1 s default, and these tests are about decisions, not timeouts.
+      const stores = new RedisStores(redisUrl as string, { logger: recordingLogger().logger, prefix: uniquePrefix(), commandTimeout: 10_000 });
       return { stores, store: stores.create(rateLimitStore({ namespace: 'table', redisClockForTests: clock })) };
     },
   ]);
@@ -155,7 +157,7 @@ describe.each(backends)('rate-limit store on %s', (_name, make) => {
 (redisUrl ? it : it.skip)('memory and Redis decide identically on random traffic (same table, all algorithms)', async () => {
   let now = T0;
   const memory = new MemoryStores().create(rateLimitStore({ namespace: 'random', now: () => now }));
-  const stores = new RedisStores(redisUrl as string, { logger: recordingLogger().logger, prefix: uniquePrefix() });
+  const stores = new RedisStores(redisUrl as string, { logger: recordingLogger().logger, prefix: uniquePrefix(), commandTimeout: 10_000 });
   const redis = stores.create(rateLimitStore({ namespace: 'random', redisClockForTests: () => now }));
   let seed = 42;
   const random = (): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
