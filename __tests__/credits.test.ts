@@ -394,15 +394,15 @@ describe('credits refund failures', () => {
     expect(await metric(stack, 'credits_store_errors_total', { operation: 'refund' })).toBe(1);
   });
 
-  it('keeps trying a refund the store refuses until it takes it, logging the outage once and its end once (#11)', async () => {
+  it('keeps trying a refund the store refuses until it takes it, with no line per attempt (#11)', async () => {
     const { stack, server, lines, refundCalls } = flakyApp(3);
     await stack.middleware.credits.grant('oli', 8);
     await request(server).get('/fail').set('X-User', 'oli').expect(500);
     await eventually(async () => expect(await stack.middleware.credits.balance('oli')).toBe(8));
     expect(refundCalls()).toBe(4);
-    expect(lines.filter((l) => l.code === 'ERR_CREDITS_STORE_UNAVAILABLE')).toEqual([expect.objectContaining({ level: 'warn', on_store_error: 'closed' })]);
-    expect(lines.filter((l) => l.code === 'ERR_CREDITS_STORE_RECOVERED')).toEqual([expect.objectContaining({ level: 'info' })]);
-    expect(lines.filter((l) => l.code === 'ERR_CREDITS_REFUND_FAILED')).toHaveLength(0);
+    expect(await metric(stack, 'credits_store_errors_total', { operation: 'refund' })).toBe(3);
+    // Three failures within a second are no outage worth a line (StoreOutage logs longer ones once).
+    expect(lines.filter((l) => typeof l.code === 'string' && l.code.startsWith('ERR_CREDITS'))).toEqual([]);
   });
 
   it('logs a refund the store did not take before the reservation expired at error, with the account and the amount', async () => {

@@ -159,6 +159,7 @@ class PendingSettlements {
   }
 
   private attempt(s: Settlement): Promise<boolean> {
+    const startedAt = performance.now();
     const call =
       s.op === 'refund'
         ? this.state.store.refund(s.account, s.reservation, s.requestId).then((returned) => {
@@ -172,7 +173,7 @@ class PendingSettlements {
       },
       (err: unknown) => {
         this.state.storeErrors.inc({ operation: s.op });
-        this.state.outage.failed(err);
+        this.state.outage.failed(err, startedAt);
         return false;
       },
     );
@@ -368,7 +369,7 @@ export function credits(options: CreditsOptions = {}): CreditsHandler {
         },
         function storeFailed(err: Error) {
           state.storeErrors.inc({ operation: 'reserve' });
-          state.outage.failed(err);
+          state.outage.failed(err, reservedAt);
           // A reservation that was sent may have been taken in time with its answer late: undo it
           // under the same id (a no-op if it was not). One never sent needs nothing.
           if (!(err instanceof StoreUnavailableError)) state.settlements.settle(settlement('refund', true));

@@ -171,13 +171,14 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
     try {
       pending = state.store.consume(id, tier.policy, cost, storeTimeout);
     } catch (err) {
-      state.failed(err);
+      state.failed(err, performance.now());
       return degrade(req, res, next, state, tier, id, cost);
     }
     if (!isPromise(pending)) {
       state.outage.answered();
       return respond(req, res, next, state, tier, pending, false);
     }
+    const startedAt = performance.now();
     pending.then(
       (d) => {
         state.outage.answered();
@@ -188,7 +189,7 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
         }
       },
       (err: unknown) => {
-        state.failed(err);
+        state.failed(err, startedAt);
         try {
           degrade(req, res, next, state, tier, id, cost);
         } catch (thrown) {
@@ -230,9 +231,9 @@ class LimiterState {
     return (this.fallback ??= this.makeFallback());
   }
 
-  failed(err: unknown): void {
+  failed(err: unknown, startedAt: number): void {
     this.storeErrors.inc();
-    this.outage.failed(err);
+    this.outage.failed(err, startedAt);
   }
 }
 

@@ -35,6 +35,8 @@ export function shareBreakerState(breaker: Breaker, store: BreakerStateStore, lo
   let lastGen = 0;
   let unlinked = false;
   let failing = false;
+  /** When sharing last worked again after failing (performance.now()). */
+  let sharedAgainAt = -Infinity;
   let retry: NodeJS.Timeout | undefined;
   let joinAgain = false;
   let offerAgain = false;
@@ -53,11 +55,13 @@ export function shareBreakerState(breaker: Breaker, store: BreakerStateStore, lo
   const shared = (): void => {
     if (!failing) return;
     failing = false;
+    sharedAgainAt = performance.now();
     logger?.info('Circuit breaker shares its state again', { code: 'CIRCUIT_BREAKER_SYNC_RECOVERED', breaker: breaker.name });
   };
 
-  const failed = (message: string, err: unknown): void => {
-    if (!failing) {
+  const failed = (message: string, err: unknown, startedAt: number): void => {
+    // A call that waited out its timeout across the recovery does not start a new outage.
+    if (!failing && startedAt >= sharedAgainAt) {
       failing = true;
       logger?.warn(message, {
         code: 'CIRCUIT_BREAKER_SYNC_ERROR',
@@ -78,6 +82,7 @@ export function shareBreakerState(breaker: Breaker, store: BreakerStateStore, lo
   const announce = (to: 'OPEN' | 'CLOSED', remainingMs: number): void => {
     // A newer change supersedes one still waiting to be offered again.
     offerAgain = false;
+    const startedAt = performance.now();
     store.announce(breaker.name, to, remainingMs, origin, lastGen).then(
       (result) => {
         shared();
@@ -87,7 +92,7 @@ export function shareBreakerState(breaker: Breaker, store: BreakerStateStore, lo
       },
       (err: unknown) => {
         offerAgain = true;
-        failed('Circuit breaker could not share a state change; other instances decide on their own counts until the store answers', err);
+        failed('Circuit breaker could not share a state change; other instances decide on their own counts until the store answers', err, startedAt);
       },
     );
   };
@@ -111,6 +116,7 @@ export function shareBreakerState(breaker: Breaker, store: BreakerStateStore, lo
   // Subscribe first, then read: an announcement made in between is seen by one or the other.
   const join = (): void => {
     joinAgain = false;
+    const startedAt = performance.now();
     joining = (unsubscribe === undefined ? store.subscribe(breaker.name, apply) : Promise.resolve(unsubscribe))
       .then(async (off) => {
         unsubscribe = off;
@@ -120,7 +126,7 @@ export function shareBreakerState(breaker: Breaker, store: BreakerStateStore, lo
       })
       .catch((err: unknown) => {
         joinAgain = true;
-        failed('Circuit breaker could not join the shared state; it decides on its own counts', err);
+        failed('Circuit breaker could not join the shared state; it decides on its own counts', err, startedAt);
       });
   };
   join();

@@ -4,6 +4,7 @@ import { ConfigError } from '../errors';
 import type { Logger } from '../logger';
 import { WARNINGS } from '../warnings';
 import { LATE_ERROR, LUA_FENCE } from './lua';
+import { StoreOutage } from './outage';
 
 /** What `createStack({ redis })` accepts: a URL, or an ioredis client or Cluster the user owns. */
 export type RedisOption = string | Redis | Cluster;
@@ -39,6 +40,8 @@ export class StoreUnavailableError extends Error {
 // How often the estimate of Redis's clock (for script deadlines) is refreshed with one TIME; it
 // is also refreshed on every (re)connection. Clocks drift apart by microseconds per second.
 const CLOCK_REFRESH_MS = 10_000;
+// Readings of Redis's clock older than this no longer count towards the estimate.
+const CLOCK_MEMORY_MS = 3 * CLOCK_REFRESH_MS;
 
 interface PendingCall {
   deadline: number;
@@ -150,14 +153,15 @@ function expireOverdue(calls: PendingCall[], expire: (call: PendingCall) => void
 /**
  * One Redis client shared by a stack's stores: key naming with `{hash tags}`, scripts through
  * EVALSHA (EVAL when the server answers NOSCRIPT), a per-command timeout so a hung Redis cannot
- * hang a request, and one log line per outage and per recovery.
+ * hang a request, and one log line per outage and per recovery (see StoreOutage).
  *
  * A command that timed out must not take effect later (Redis was paused, the network held it, a
  * reconnect resent it): a later write could override a newer one, or leave a lock or a count
  * nobody asked for any more. So every script carries its deadline on Redis's own clock and checks
  * it before running (see LUA_FENCE); commands are not queued while a connection that was up is
- * reconnecting (they fail at once); and an owned client resends nothing after a reconnect and
- * cuts a connection that stays silent while commands wait.
+ * reconnecting (they fail at once); and an owned client resends nothing after a reconnect, and
+ * is cut (and reconnects) when it stays silent while calls time out: a hung peer, or a route that
+ * drops packets, would otherwise hold the connection until TCP gives up, many minutes later.
  */
 export class RedisConnection {
   readonly client: Redis | Cluster;
@@ -166,23 +170,45 @@ export class RedisConnection {
   private readonly owned: boolean;
   private readonly logger: Logger;
   private subscriberClient?: Redis | Cluster;
-  private healthy = true;
+  private readonly outage: StoreOutage;
   /** Whether the client was ready once: from then on, commands are not queued while it is not. */
   private wasReady: boolean;
-  /** Redis's clock minus `performance.now()`, in ms; undefined until the first TIME answered. */
+  /**
+   * Redis's clock minus `performance.now()`, in ms, as a lower bound: each reading is Redis's time
+   * when it answered minus our time when the answer arrived, so it errs on the early side and a
+   * deadline made with it is never later than the caller's. Undefined until the first reading.
+   */
   private clockOffset?: number;
+  private clockReadAt = -Infinity;
   private clockCheckedAt = -Infinity;
   private clockSyncing = false;
+  /** Since when calls have been timing out with no answer at all in between (performance.now()). */
+  private silentSince?: number;
+  private readonly hungAfterMs: number;
+  /** When the client last became ready (performance.now()). */
+  private readyAt = -Infinity;
   private readonly deadlines = new Deadlines((call) => {
     const err = new StoreTimeoutError(call.timeoutMs);
-    this.markDown(err);
+    const sentAt = call.deadline - call.timeoutMs;
+    // A call stranded on a connection that has since been replaced says nothing of the new one.
+    if (sentAt >= this.readyAt) {
+      this.markDown(err, sentAt);
+      this.cutIfHung(sentAt);
+    }
     call.reject(err);
   });
 
   constructor(option: RedisOption, options: RedisConnectionOptions) {
     this.logger = options.logger;
+    this.outage = new StoreOutage({
+      logger: this.logger,
+      down: { code: 'ERR_REDIS_UNAVAILABLE', message: WARNINGS.ERR_REDIS_UNAVAILABLE },
+      up: { code: 'ERR_REDIS_RECOVERED', message: WARNINGS.ERR_REDIS_RECOVERED },
+    });
     this.prefix = options.prefix ?? 'perimeter:';
     this.commandTimeout = options.commandTimeout ?? 1000;
+    // Long enough that a pause (a failover's CLIENT PAUSE, a slow command) is waited out.
+    this.hungAfterMs = Math.max(1000, 5 * this.commandTimeout);
     if (typeof option === 'string') {
       if (!/^rediss?:\/\//.test(option)) {
         throw new ConfigError('redis', `expected a URL like 'redis://localhost:6379', an ioredis client or a Cluster, got '${option}'`);
@@ -195,9 +221,6 @@ export class RedisConnection {
         // A command cut off by a dropped connection is reported failed by its deadline; sent
         // again after the reconnect, it would take effect after its caller gave up.
         autoResendUnfulfilledCommands: false,
-        // A connection that sends nothing back for this long while commands wait is hung (a
-        // silent peer, a route that drops packets): cut it, so ioredis reconnects.
-        socketTimeout: Math.max(1000, 5 * this.commandTimeout),
       });
       this.owned = true;
     } else if (option instanceof Redis || option instanceof Cluster || isRedisLike(option)) {
@@ -207,9 +230,10 @@ export class RedisConnection {
       throw new ConfigError('redis', 'expected a URL string, an ioredis Redis instance or an ioredis Cluster');
     }
     this.wasReady = this.client.status === 'ready';
-    this.client.on('error', (err: Error) => this.markDown(err));
+    this.client.on('error', (err: Error) => this.markDown(err, performance.now()));
     this.client.on('ready', () => {
       this.wasReady = true;
+      this.readyAt = performance.now();
       this.markUp();
       this.syncClock();
     });
@@ -307,9 +331,10 @@ export class RedisConnection {
       const pending: PendingCall = { deadline: performance.now() + timeoutMs, timeoutMs, done: false, reject };
       const queue = this.deadlines.track(pending);
       const succeed = (reply: unknown): void => {
+        this.silentSince = undefined;
         if (pending.done) return;
         this.deadlines.settle(pending, queue);
-        if (!this.healthy) this.markUp();
+        this.markUp();
         try {
           resolve(map === undefined ? (reply as T) : map(reply));
         } catch (err) {
@@ -317,10 +342,19 @@ export class RedisConnection {
         }
       };
       const fail = (err: Error): void => {
+        // An error reply is an answer: the connection is alive.
+        if (err.name === 'ReplyError') this.silentSince = undefined;
         // A command that fails after its timeout was already reported; nobody waits for it.
         if (pending.done) return;
         this.deadlines.settle(pending, queue);
-        this.markDown(err);
+        // Refused by the fence an instant before the sweep would have expired it: a timeout, and
+        // an answer from a Redis that is up (the calls just before it may already have succeeded).
+        if (typeof err.message === 'string' && err.message.startsWith(LATE_ERROR)) {
+          reject(new StoreTimeoutError(timeoutMs));
+          return;
+        }
+        const sentAt = pending.deadline - timeoutMs;
+        if (sentAt >= this.readyAt) this.markDown(err, sentAt);
         reject(err);
       };
       started.then(succeed, (err: Error) => {
@@ -342,7 +376,7 @@ export class RedisConnection {
 
   /** Whether the last command (or connection event) succeeded. */
   get isHealthy(): boolean {
-    return this.healthy;
+    return !this.outage.down;
   }
 
   async close(): Promise<void> {
@@ -352,12 +386,26 @@ export class RedisConnection {
     await Promise.all(closing);
   }
 
+  /**
+   * Called as a call sent at `sentAt` times out. An owned connection that answered nothing at all
+   * for `hungAfterMs` while calls waited is cut; ioredis then reconnects, and commands refused
+   * meanwhile fail at once instead of each waiting out its timeout.
+   */
+  private cutIfHung(sentAt: number): void {
+    this.silentSince = Math.min(this.silentSince ?? sentAt, sentAt);
+    if (!this.owned || performance.now() - this.silentSince < this.hungAfterMs) return;
+    const status = this.client.status;
+    if (status !== 'ready' && status !== 'connect') return;
+    this.silentSince = undefined;
+    this.client.disconnect(true);
+  }
+
   /** A rejection for a command that would only wait in ioredis's offline queue; undefined when it may be sent. */
   private refuseWhileDown(): Promise<never> | undefined {
     const status = this.client.status;
     if (status === 'ready' || !this.wasReady) return undefined;
     const err = new StoreUnavailableError(status);
-    this.markDown(err);
+    this.markDown(err, performance.now());
     return Promise.reject(err);
   }
 
@@ -367,20 +415,15 @@ export class RedisConnection {
     return this.clockOffset === undefined ? 0 : Math.ceil(localDeadline + this.clockOffset);
   }
 
-  /** Measures Redis's clock against ours with one TIME, in the background; the midpoint of the round trip is the estimate. */
+  /** Reads Redis's clock with one TIME, in the background. */
   private syncClock(): void {
     if (this.clockSyncing) return;
     this.clockSyncing = true;
-    const sent = performance.now();
     // A failed attempt is tried again after the refresh interval (or on reconnection), not on every call.
-    this.clockCheckedAt = sent;
+    this.clockCheckedAt = performance.now();
     this.run(() => this.client.time())
       .then(
-        (reply) => {
-          const received = performance.now();
-          this.clockOffset = Number(reply[0]) * 1000 + Math.floor(Number(reply[1]) / 1000) - (sent + received) / 2;
-          this.clockCheckedAt = received;
-        },
+        (reply) => this.readClock(Number(reply[0]) * 1000 + Math.floor(Number(reply[1]) / 1000)),
         () => undefined,
       )
       .finally(() => {
@@ -392,24 +435,33 @@ export class RedisConnection {
   private correctClock(message: string): boolean {
     const redisNow = Number(message.split(' ')[1]);
     if (!Number.isFinite(redisNow)) return false;
-    this.clockOffset = redisNow - performance.now();
-    this.clockCheckedAt = performance.now();
+    // The last readings said Redis's clock is earlier than it is (it stepped): start again from this one.
+    this.clockOffset = undefined;
+    this.readClock(redisNow);
     return true;
   }
 
-  private markDown(err: Error): void {
-    if (!this.healthy) return;
-    this.healthy = false;
-    this.logger.warn(WARNINGS.ERR_REDIS_UNAVAILABLE, {
-      code: 'ERR_REDIS_UNAVAILABLE',
-      err: { name: err.name, message: err.message },
-    });
+  /**
+   * One reading of Redis's clock, `redisNow` when it answered, taken as the answer arrives. The
+   * estimate is the latest of the recent readings (the one whose answer travelled fastest), so a
+   * reading delayed on the way (a busy loop, a queued command) does not make deadlines late.
+   */
+  private readClock(redisNow: number): void {
+    const now = performance.now();
+    const offset = redisNow - now;
+    if (this.clockOffset === undefined || now - this.clockReadAt > CLOCK_MEMORY_MS || offset > this.clockOffset) {
+      this.clockOffset = offset;
+      this.clockReadAt = now;
+    }
+    this.clockCheckedAt = now;
+  }
+
+  private markDown(err: Error, sentAt: number): void {
+    this.outage.failed(err, sentAt);
   }
 
   private markUp(): void {
-    if (this.healthy) return;
-    this.healthy = true;
-    this.logger.info(WARNINGS.ERR_REDIS_RECOVERED, { code: 'ERR_REDIS_RECOVERED' });
+    this.outage.answered();
   }
 }
 
