@@ -117,7 +117,7 @@ class MemoryIpBlocklist implements IpBlocklist {
 // The sorted set holds ip → expiry on Redis's clock (+inf for never). Writing and publishing in one
 // script makes the change and its announcement atomic: no instance can see one without the other.
 // The connection's fence keeps a block or unblock that timed out from landing later, over a newer
-// change made elsewhere meanwhile: a call that rejected changed nothing shared.
+// change made elsewhere meanwhile.
 const BLOCK = `
 ${LUA_ZADD_EXPIRING}redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1

@@ -266,7 +266,7 @@ export class RedisConnection {
       const refused = this.refuseWhileDown();
       if (refused !== undefined) return refused;
       const start = performance.now();
-      let deadline = this.redisDeadline(start + timeoutMs);
+      let deadline = this.redisDeadline(start, timeoutMs);
       return this.within<T>(
         client.evalsha(sha, numberOfKeys, ...keys, ...args, deadline),
         timeoutMs,
@@ -276,12 +276,13 @@ export class RedisConnection {
           // Refused as late while the call still has time here: the estimate of Redis's clock is
           // behind (its clock stepped); correct it from the answer and try once more.
           if (message.startsWith(LATE_ERROR) && performance.now() < start + timeoutMs && this.correctClock(message)) {
-            deadline = this.redisDeadline(start + timeoutMs);
+            deadline = this.redisDeadline(start, timeoutMs);
             return client.evalsha(sha, numberOfKeys, ...keys, ...args, deadline);
           }
           return undefined;
         },
         map,
+        start,
       );
     };
   }
@@ -326,9 +327,10 @@ export class RedisConnection {
     timeoutMs: number,
     recover?: (err: Error) => Promise<unknown> | undefined,
     map?: (reply: unknown) => T,
+    sentAt = performance.now(),
   ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const pending: PendingCall = { deadline: performance.now() + timeoutMs, timeoutMs, done: false, reject };
+      const pending: PendingCall = { deadline: sentAt + timeoutMs, timeoutMs, done: false, reject };
       const queue = this.deadlines.track(pending);
       const succeed = (reply: unknown): void => {
         this.silentSince = undefined;
@@ -353,7 +355,6 @@ export class RedisConnection {
           reject(new StoreTimeoutError(timeoutMs));
           return;
         }
-        const sentAt = pending.deadline - timeoutMs;
         if (sentAt >= this.readyAt) this.markDown(err, sentAt);
         reject(err);
       };
@@ -409,10 +410,10 @@ export class RedisConnection {
     return Promise.reject(err);
   }
 
-  /** The deadline at `localDeadline` (a `performance.now()` time) on Redis's clock, or 0 before the clock is known. */
-  private redisDeadline(localDeadline: number): number {
-    if (performance.now() - this.clockCheckedAt > CLOCK_REFRESH_MS) this.syncClock();
-    return this.clockOffset === undefined ? 0 : Math.ceil(localDeadline + this.clockOffset);
+  /** The deadline of a call made at `start` (a `performance.now()` time) on Redis's clock, or 0 before the clock is known. */
+  private redisDeadline(start: number, timeoutMs: number): number {
+    if (start - this.clockCheckedAt > CLOCK_REFRESH_MS) this.syncClock();
+    return this.clockOffset === undefined ? 0 : Math.ceil(start + timeoutMs + this.clockOffset);
   }
 
   /** Reads Redis's clock with one TIME, in the background. */
