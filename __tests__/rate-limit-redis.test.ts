@@ -262,6 +262,11 @@ describeOwnRedis('rateLimit when Redis fails', () => {
       for (const r of [...m, ...c, ...o]) expect(r.ms).toBeLessThan(3_000);
 
       for (const [i, instance] of instances.entries()) {
+        // An outage is logged once its failures have lasted a second; each request meanwhile took the fail mode.
+        await eventually(async () => {
+          await get(instance.port);
+          expect(instance.lines.filter((l) => l.code === 'ERR_RATE_LIMIT_STORE_UNAVAILABLE')).toHaveLength(1);
+        }, 5_000);
         const outage = instance.lines.filter((l) => l.code === 'ERR_RATE_LIMIT_STORE_UNAVAILABLE');
         expect(outage).toHaveLength(1);
         expect(outage[0]).toMatchObject({ level: 'warn', fail_mode: modes[i], limiter: `fail-${modes[i]}` });
