@@ -1,6 +1,7 @@
 import type { ErrorRequestHandler, NextFunction, Request, RequestHandler, Response } from 'express';
 import { Registry } from 'prom-client';
 import { errorNormalizer, type ErrorNormalizerOptions } from '../middleware/error-normalizer';
+import type { IdempotencyOptions } from '../middleware/idempotency';
 import { notFound } from '../middleware/not-found';
 import { createErrorResponder } from './error-response';
 import { ConfigError } from './errors';
@@ -40,6 +41,8 @@ export interface StackConfig {
   /** Options of the `notFound` + `errorNormalizer` pair in `errorHandler`. */
   errorNormalizer?: ErrorNormalizerOptions | boolean;
   notFound?: boolean;
+  /** Replays the outcome of a request retried with the same `Idempotency-Key`. Defaults to off. */
+  idempotency?: IdempotencyOptions | boolean;
   /** Each middleware of the documented order, by name. */
   [middleware: string]: unknown;
 }

@@ -9,6 +9,7 @@ import { cors } from '../middleware/cors';
 import { credits, type CreditsOptions } from '../middleware/credits';
 import { createFeatureFlags, type FeatureFlagsOptions } from '../middleware/feature-flags';
 import { rateLimit, type RateLimitOptions } from '../middleware/rate-limit';
+import { stackIdempotency, type IdempotencyOptions } from '../middleware/idempotency';
 import { createIpFilter, type IpFilterOptions } from '../middleware/ip-filter';
 import { createMetrics, type MetricsOptions } from '../middleware/metrics';
 import { requestId } from '../middleware/request-id';
@@ -51,7 +52,7 @@ export interface StackEntry {
 /**
  * The documented order, outer to inner; the README gives the reason for each place.
  * requestId → requestLogger → metrics → securityHeaders → cors → ipFilter → sizeLimit → timeout →
- * bodyParser → auth → tenant → rateLimit → credits → sanitize → auditLog → featureFlags →
+ * bodyParser → auth → tenant → rateLimit → idempotency → credits → sanitize → auditLog → featureFlags →
  * circuitBreaker → cache.
  */
 export const STACK_ORDER = [
@@ -67,6 +68,7 @@ export const STACK_ORDER = [
   'auth',
   'tenant',
   'rateLimit',
+  'idempotency',
   'credits',
   'sanitize',
   'auditLog',
@@ -90,6 +92,10 @@ export const STACK_ENTRIES: Record<string, StackEntry> = {
   // 100 per minute per client by default. The fixed 'stack' namespace keeps the stack's counts apart
   // from route-level limiters and shared by every instance, whatever order limiters are created in.
   rateLimit: { name: 'rateLimit', defaultOn: true, build: (o) => rateLimit({ prefix: 'stack', ...(o as RateLimitOptions) }) },
+  // Off until configured. After auth, tenant and the limiters (a replay is a request like any other for
+  // them, and the caller who owns the key is known), before credits and everything after (a replay
+  // runs none of it, so nothing is charged twice). Its lock outlives the stack's timeout.
+  idempotency: { name: 'idempotency', defaultOn: false, build: (o, { config }) => stackIdempotency(o as IdempotencyOptions, config.timeout) },
   credits: {
     name: 'credits',
     defaultOn: false,
