@@ -6,6 +6,7 @@ import { ConfigError, createStack, credits, idempotency, type IdempotencyOptions
 import { MemoryStores, type Stores } from '../lib/stores';
 import type { IdempotencyStore } from '../lib/stores/idempotency-store';
 import { isValidKey } from '../lib/idempotency/key';
+import { canonicalJson, fingerprintOf } from '../lib/idempotency/fingerprint';
 import { closeAll, eventually, loadExpress, newApp, recordingLogger } from './helpers/app';
 
 // Neighbours that keep their own per-client state stay out, so each test sees idempotency alone.
@@ -279,6 +280,43 @@ describe('idempotency: the key', () => {
     expect(bobAgain.body).toEqual({ payer: 'bob', run: 2 });
     expect([aliceAgain.headers['idempotent-replayed'], bobAgain.headers['idempotent-replayed']]).toEqual(['true', 'true']);
     expect(runs).toBe(2);
+  });
+});
+
+describe('idempotency: the fingerprint', () => {
+  const req = (body: unknown, headers: Record<string, string> = {}) =>
+    ({ method: 'POST', originalUrl: '/orders', url: '/orders', headers: { 'content-type': 'application/json', ...headers }, body }) as unknown as Request;
+
+  it('writes equal values as equal text whatever their key order, index keys first as JavaScript keeps them', () => {
+    expect(canonicalJson({ b: 1, 10: 2, 9: 3, a: [{ d: 1, c: undefined, e: new Date(0) }] })).toBe('{"9":3,"10":2,"a":[{"d":1,"e":"1970-01-01T00:00:00.000Z"}],"b":1}');
+    expect(canonicalJson({ z: { y: 1, x: 2 }, a: 0 })).toBe(canonicalJson({ a: 0, z: { x: 2, y: 1 } }));
+    expect(canonicalJson([1, 'two', null, true])).toBe('[1,"two",null,true]');
+  });
+
+  it('tells bodies apart by any value, by the URL and by the method', () => {
+    const base = fingerprintOf(req({ amount: 5 }), undefined);
+    expect(fingerprintOf(req({ amount: 5 }), undefined)).toBe(base);
+    expect(fingerprintOf(req({ amount: 6 }), undefined)).not.toBe(base);
+    expect(fingerprintOf(req({ amount: '5' }), undefined)).not.toBe(base);
+    expect(fingerprintOf({ ...req({ amount: 5 }), originalUrl: '/orders?x=1' } as Request, undefined)).not.toBe(base);
+    expect(fingerprintOf({ ...req({ amount: 5 }), method: 'PATCH' } as Request, undefined)).not.toBe(base);
+  });
+
+  it('stands in for a body nested too deep to serialise with its type and length, in bounded time, without throwing', () => {
+    let deep: unknown = 1;
+    for (let i = 0; i < 200_000; i++) deep = [deep];
+    expect(canonicalJson(deep)).toBeUndefined();
+    const a = fingerprintOf(req(deep, { 'content-length': '400001' }), undefined);
+    expect(fingerprintOf(req([[[1]]], { 'content-length': '400001' }), undefined)).not.toBe(a);
+    expect(fingerprintOf(req(deep, { 'content-length': '400001' }), undefined)).toBe(a);
+    expect(fingerprintOf(req(deep, { 'content-length': '400003' }), undefined)).not.toBe(a);
+  });
+
+  it('uses the fingerprint option in place of the body', () => {
+    const byHeader = (r: Request) => r.headers['x-content-sha256'];
+    const a = fingerprintOf(req({ amount: 5 }, { 'x-content-sha256': 'abc' }), byHeader);
+    expect(fingerprintOf(req({ amount: 999 }, { 'x-content-sha256': 'abc' }), byHeader)).toBe(a);
+    expect(fingerprintOf(req({ amount: 5 }, { 'x-content-sha256': 'def' }), byHeader)).not.toBe(a);
   });
 });
 
