@@ -451,11 +451,33 @@ describe('idempotency: what is kept and what frees the key', () => {
     expect(runs).toBe(1);
   });
 
-  it('keeps the key of a request answered 504 by the timeout until lockTtl: its handler may still be running', async () => {
+  it('frees the key of a request answered 504 by the timeout, like any 5xx: the retry runs', async () => {
     const gate = deferred();
     let runs = 0;
     const { app } = build(
-      { lockTtl: '60s' },
+      {},
+      (a) => {
+        a.post('/payments', async (_req, res) => {
+          runs++;
+          if (runs === 1) await gate.promise;
+          res.status(201).json({ run: runs });
+        });
+      },
+      { timeout: { ms: 1000 } },
+    );
+    const first = await request(app).post('/payments').set('Idempotency-Key', 'p-slow-free').send({});
+    expect(first.status).toBe(504);
+    const retry = await request(app).post('/payments').set('Idempotency-Key', 'p-slow-free').send({});
+    expect(retry.status).toBe(201);
+    expect(retry.body).toEqual({ run: 2 });
+    gate.resolve();
+  });
+
+  it('with keepLockOnTimeout keeps the key of a request answered 504 until lockTtl: its handler may still be running', async () => {
+    const gate = deferred();
+    let runs = 0;
+    const { app } = build(
+      { lockTtl: '60s', keepLockOnTimeout: true },
       (a) => {
         a.post('/payments', async (_req, res) => {
           runs++;
@@ -476,10 +498,10 @@ describe('idempotency: what is kept and what frees the key', () => {
 });
 
 describe('idempotency: the lock when the client leaves', () => {
-  it('frees the key once a handler that stops on req.signal gives up: the retry runs (disconnect releases the lock)', async () => {
+  it('with releaseOnDisconnect: false frees the key once a handler that stops on req.signal gives up: the retry runs', async () => {
     const started = deferred();
     let runs = 0;
-    const { app } = build(true, (a) => {
+    const { app } = build({ releaseOnDisconnect: false }, (a) => {
       a.post('/payments', (req, res, next) => {
         runs++;
         if (runs > 1) return void res.status(201).json({ run: runs });
@@ -497,12 +519,12 @@ describe('idempotency: the lock when the client leaves', () => {
     expect(runs).toBe(2);
   });
 
-  it('keeps the outcome of a handler that completes after its client left: the retry is a replay, never a second run', async () => {
+  it('with releaseOnDisconnect: false keeps the outcome of a handler that completes after its client left: the retry is a replay, never a second run', async () => {
     const started = deferred();
     const gate = deferred();
     let runs = 0;
     const finished = deferred();
-    const { app } = build(true, (a) => {
+    const { app } = build({ releaseOnDisconnect: false }, (a) => {
       a.post('/payments', async (_req, res) => {
         runs++;
         started.resolve();
@@ -523,11 +545,11 @@ describe('idempotency: the lock when the client leaves', () => {
     expect(runs).toBe(1);
   });
 
-  it('with releaseOnDisconnect frees the key as soon as the client leaves', async () => {
+  it('frees the key as soon as the client leaves (releaseOnDisconnect, the default) (#14)', async () => {
     const started = deferred();
     const gate = deferred();
     let runs = 0;
-    const { app } = build({ releaseOnDisconnect: true }, (a) => {
+    const { app } = build(true, (a) => {
       a.post('/payments', async (_req, res) => {
         runs++;
         if (runs === 1) {

@@ -42,8 +42,18 @@ export interface IdempotencyOptions {
   fingerprint?: (req: Request) => unknown;
   /** Statuses below 500 whose response is not kept: the key is freed for a retry, as after a 5xx. Defaults to [401, 402, 408, 413, 425, 429, 499]. */
   releaseStatuses?: number[];
-  /** Free the key as soon as the client disconnects before the response, instead of when the handler answers or gives up. Defaults to false. */
+  /**
+   * Free the key as soon as the client disconnects before the response (the request counts as
+   * failed, as credits refunds it), so a retry runs at once. `false` keeps the key until the
+   * handler answers or gives up, so a retry never runs beside a handler still working. Defaults to true.
+   */
   releaseOnDisconnect?: boolean;
+  /**
+   * Keep the lock of a request the stack's `timeout` answered 504 until `lockTtl`, instead of
+   * freeing the key like any 5xx: a handler that ignores `req.signal` may still be working, and a
+   * retry would run beside it. Defaults to false.
+   */
+  keepLockOnTimeout?: boolean;
   /** When the store fails or is slower than `storeTimeout`: 'open' runs the request without idempotency, 'closed' answers 503 SERVICE_UNAVAILABLE. Defaults to 'open'. */
   onStoreError?: 'open' | 'closed';
   /** Longest the look-up of a key waits for the store before `onStoreError` applies. Defaults to '100ms'. */
@@ -271,12 +281,12 @@ export function idempotency(options: IdempotencyOptions = {}): IdempotencyHandle
     next();
   }
 
-  /** Keeps the outcome, frees the key, or (after a 504) leaves the lock to lapse. */
+  /** Keeps the outcome, frees the key, or (after a 504 with keepLockOnTimeout) leaves the lock to lapse. */
   function settle(current: Run, captured: CapturedResponse): void {
     current.answered = true;
     const { state, id, owner, fingerprint } = current;
     const status = captured.status;
-    if (status === GATEWAY_TIMEOUT) return;
+    if (status === GATEWAY_TIMEOUT && config.keepLockOnTimeout) return;
     if (status >= 500 || config.releaseStatuses.has(status)) {
       if (!current.freed) release(state, id, owner);
       return;

@@ -23,6 +23,7 @@ export interface IdempotencyConfig {
   fingerprint: ((req: Request) => unknown) | undefined;
   releaseStatuses: Set<number>;
   releaseOnDisconnect: boolean;
+  keepLockOnTimeout: boolean;
   onStoreError: 'open' | 'closed';
   storeTimeout: number;
   namespace: string;
@@ -53,7 +54,8 @@ const OPTIONS = {
   scope: (v: unknown) => scopeOf(v as Parameters<typeof scopeOf>[0]),
   fingerprint: (v: unknown) => optionalFunction<(req: Request) => unknown>(v, 'idempotency.fingerprint'),
   releaseStatuses: (v: unknown) => statusList(v ?? [401, 402, 408, 413, 425, 429, 499]),
-  releaseOnDisconnect: (v: unknown) => flag(v ?? false, 'idempotency.releaseOnDisconnect'),
+  releaseOnDisconnect: (v: unknown) => flag(v ?? true, 'idempotency.releaseOnDisconnect'),
+  keepLockOnTimeout: (v: unknown) => flag(v ?? false, 'idempotency.keepLockOnTimeout'),
   onStoreError: (v: unknown) => oneOf('idempotency.onStoreError', v ?? 'open', ['open', 'closed'] as const),
   storeTimeout: (v: unknown) => positiveDuration(v ?? '100ms', 'idempotency.storeTimeout'),
   namespace: (v: unknown) => namespaceName(v ?? 'idempotency'),
@@ -93,6 +95,7 @@ export function parseIdempotencyOptions(options: IdempotencyOptions): Idempotenc
     fingerprint: p.fingerprint,
     releaseStatuses: p.releaseStatuses,
     releaseOnDisconnect: p.releaseOnDisconnect,
+    keepLockOnTimeout: p.keepLockOnTimeout,
     onStoreError: p.onStoreError,
     storeTimeout: p.storeTimeout,
     namespace: p.namespace,
