@@ -29,6 +29,7 @@ export { handleClientErrors, type ClientErrorOptions } from './lib/client-errors
 export { bodyParser, type BodyParserOptions } from './middleware/body-parser';
 export { auth, type AuthOptions, type ApiKeyEntry, type ApiKeyLookup, type ApiKeyLookupResult, type JwtOptions, type JwtKeyMaterial } from './middleware/auth';
 export { requireAuth, requireApiKey, requireRole, type GuardOptions } from './middleware/require-auth';
+export { idempotency, type IdempotencyOptions, type IdempotencyHandler, type IdempotencyScope } from './middleware/idempotency';
 export { credits, type CreditsOptions, type CreditsMethods, type CreditsHandler } from './middleware/credits';
 export type { CreditsHistoryEntry } from './lib/stores/credits-store';
 export { tenant, type TenantOptions, type TenantHandler, type TenantConfig, type TenantResolver, type TenantSource } from './middleware/tenant';

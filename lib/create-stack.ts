@@ -2,6 +2,7 @@ import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { Registry } from 'prom-client';
 import { errorNormalizer, type ErrorNormalizerOptions } from '../middleware/error-normalizer';
 import type { HealthHandler, HealthOptions } from '../middleware/health';
+import type { IdempotencyOptions } from '../middleware/idempotency';
 import { notFound } from '../middleware/not-found';
 import { createErrorResponder } from './error-response';
 import { ConfigError } from './errors';
@@ -108,6 +109,8 @@ export interface StackConfig {
   notFound?: boolean;
   /** Liveness and readiness probes (`/health`, `/health/ready`). On by default. */
   health?: HealthOptions | boolean;
+  /** Replays the outcome of a request retried with the same `Idempotency-Key`. Off until configured. */
+  idempotency?: IdempotencyOptions | boolean;
 }
 
 /**

@@ -11,6 +11,7 @@ import { credits } from '../middleware/credits';
 import { createHealth } from '../middleware/health';
 import { createFeatureFlags } from '../middleware/feature-flags';
 import { rateLimit } from '../middleware/rate-limit';
+import { stackIdempotency } from '../middleware/idempotency';
 import { createIpFilter } from '../middleware/ip-filter';
 import { createMetrics } from '../middleware/metrics';
 import { requestId } from '../middleware/request-id';
@@ -53,7 +54,7 @@ export interface StackEntry<O = unknown> {
 /**
  * The documented order, outer to inner; the README gives the reason for each place.
  * requestId → requestLogger → metrics → health → securityHeaders → cors → ipFilter → sizeLimit → timeout →
- * bodyParser → auth → tenant → rateLimit → credits → sanitize → auditLog → featureFlags →
+ * bodyParser → auth → tenant → rateLimit → idempotency → credits → sanitize → auditLog → featureFlags →
  * circuitBreaker → cache.
  */
 export const STACK_ORDER = [
@@ -70,6 +71,7 @@ export const STACK_ORDER = [
   'auth',
   'tenant',
   'rateLimit',
+  'idempotency',
   'credits',
   'sanitize',
   'auditLog',
@@ -102,6 +104,10 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   // 100 per minute per client by default. The fixed 'stack' namespace keeps the stack's counts apart
   // from route-level limiters and shared by every instance, whatever order limiters are created in.
   rateLimit: { name: 'rateLimit', defaultOn: true, build: (o) => rateLimit({ prefix: 'stack', ...o }) },
+  // Off until configured. After auth, tenant and the limiters (a replay is a request like any other for
+  // them, and the caller who owns the key is known), before credits and everything after (a replay
+  // runs none of it, so nothing is charged twice). Its lock outlives the stack's timeout.
+  idempotency: { name: 'idempotency', defaultOn: false, build: (o, { config }) => stackIdempotency(o, config.timeout) },
   credits: {
     name: 'credits',
     defaultOn: false,
