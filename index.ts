@@ -11,11 +11,14 @@ export * from './lib/errors';
 export type { Device } from './lib/device';
 export type { ErrorResponseOptions, ErrorMapping } from './lib/error-response';
 export type * from './lib/stores/types';
-export type { AuthInfo, ApiKeyInfo, TenantInfo, RequestFeatures } from './types/express-augment';
+export type { AuthInfo, ApiKeyInfo, TenantInfo, RequestFeatures, PerimeterHandler, PerimeterErrorHandler } from './types/express-augment';
 
 export { requestId, type RequestIdOptions } from './middleware/request-id';
 export { requestLogger, type RequestLoggerOptions } from './middleware/request-logger';
 export { metrics, type MetricsOptions } from './middleware/metrics';
+export { health, type HealthOptions, type HealthCheck, type HealthHandler, type HealthMethods, type ReadinessReport, type CheckReport } from './middleware/health';
+export type { AttachOptions, ShutdownOptions } from './lib/lifecycle/graceful-shutdown';
+export { StoresNotReadyError, type ReadyOptions } from './lib/lifecycle/ready';
 export type { MetricsHandler, MetricsMethods, AnalyticsQuery, AnalyticsOptions, AnalyticsReport, AnalyticsTopEntry, AnalyticsLatencyEntry, AnalyticsErrorEntry } from './middleware/metrics';
 export { securityHeaders, type SecurityHeadersOptions } from './middleware/security-headers';
 export { cors, type PerimeterCorsOptions } from './middleware/cors';
@@ -26,6 +29,7 @@ export { handleClientErrors, type ClientErrorOptions } from './lib/client-errors
 export { bodyParser, type BodyParserOptions } from './middleware/body-parser';
 export { auth, type AuthOptions, type ApiKeyEntry, type ApiKeyLookup, type ApiKeyLookupResult, type JwtOptions, type JwtKeyMaterial } from './middleware/auth';
 export { requireAuth, requireApiKey, requireRole, type GuardOptions } from './middleware/require-auth';
+export { idempotency, type IdempotencyOptions, type IdempotencyHandler, type IdempotencyScope } from './middleware/idempotency';
 export { credits, type CreditsOptions, type CreditsMethods, type CreditsHandler } from './middleware/credits';
 export type { CreditsHistoryEntry } from './lib/stores/credits-store';
 export { tenant, type TenantOptions, type TenantHandler, type TenantConfig, type TenantResolver, type TenantSource } from './middleware/tenant';

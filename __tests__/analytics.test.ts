@@ -291,7 +291,7 @@ describe('analytics: through metrics()', () => {
   /** A stack with only requestId, metrics and bodyParser on, so other middleware cannot change the outcome. */
   function appWith(metricsOptions: Record<string, unknown> = {}, extra: StackConfig = {}) {
     const off: StackConfig = {};
-    for (const name of STACK_ORDER) if (!['requestId', 'metrics', 'bodyParser'].includes(name)) off[name] = false;
+    for (const name of STACK_ORDER) if (!['requestId', 'metrics', 'bodyParser'].includes(name)) (off as Record<string, boolean>)[name] = false;
     let clock = NOON;
     const stack = createStack({
       logger: recordingLogger().logger,
@@ -468,7 +468,7 @@ describe('analytics: through metrics()', () => {
     const stack = createStack({ logger: recordingLogger().logger, metrics: { defaultMetrics: false, analytics: false } });
     expect(() => stack.middleware.metrics.analytics()).toThrow(/metrics\.analytics: is false, so no analytics were recorded/);
     await stack.close();
-    expect(() => createStack({ logger: recordingLogger().logger, metrics: { analytics: { windw: '1m' } } })).toThrow(
+    expect(() => createStack({ logger: recordingLogger().logger, metrics: { analytics: { windw: '1m' } as never } })).toThrow(
       /did you mean 'window'/,
     );
   });
@@ -536,7 +536,7 @@ describe('dashboards/express-perimeter.json', () => {
       tenant: { required: false },
     };
     const config: StackConfig = { logger: recordingLogger().logger };
-    for (const name of STACK_ORDER) if (STACK_ENTRIES[name] !== undefined) config[name] = configs[name] ?? true;
+    for (const name of STACK_ORDER) if (STACK_ENTRIES[name] !== undefined) (config as Record<string, unknown>)[name] = configs[name] ?? true;
     const stack = createStack(config);
     const app = newApp();
     app.use(stack);

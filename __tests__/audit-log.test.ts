@@ -415,8 +415,12 @@ describe('auditLog sinks', () => {
     const good = collector();
     const flaky: AuditRecord[] = [];
     let calls = 0;
+    // Its first success waits for the test to look: how far its retries get while the requests
+    // run depends on the machine's load, not on the code.
+    const recovered = gate();
     const flakySink = async function flakySink(record: AuditRecord) {
       if (++calls <= 3) throw new Error(`disk unavailable (${calls})`);
+      await recovered.promise;
       flaky.push(record);
     };
     const { app, handler } = auditedApp({ sink: [flakySink, good.sink], retryDelay: '150ms', logger }, (a) => {
@@ -426,10 +430,11 @@ describe('auditLog sinks', () => {
     });
     handlers.push(handler);
     for (let i = 0; i < 4; i++) await request(app).post('/games').expect(201);
-    // The good sink has everything while the flaky one is still backing off.
-    await eventually(() => expect(good.records).toHaveLength(4), 100);
+    // The good sink has everything while the flaky one is still failing.
+    await eventually(() => expect(good.records).toHaveLength(4));
     expect(flaky).toHaveLength(0);
-    await eventually(() => expect(flaky).toHaveLength(4), 3000);
+    recovered.open();
+    await eventually(() => expect(flaky).toHaveLength(4));
     expect(flaky.map((r) => r.request_id)).toEqual(good.records.map((r) => r.request_id));
     expect(calls).toBe(7);
     expect(lines.filter((l) => l.code === 'ERR_AUDIT_SINK_FAILED')).toEqual([
@@ -472,7 +477,14 @@ describe('auditLog sinks', () => {
       await hold.promise;
       written.push(record);
     };
-    const stack = createStack({ ...ONLY_AUDIT, logger: recordingLogger().logger, auditLog: { sink: slow, maxQueue: 1, blockTimeout: '3s' } });
+    // 'atDoor' sees each request reach auditLog: the test waits for that, not for a time.
+    const atDoor: string[] = [];
+    const stack = createStack({
+      ...ONLY_AUDIT,
+      logger: recordingLogger().logger,
+      auditLog: { sink: slow, maxQueue: 1, blockTimeout: '10s' },
+      insert: [{ before: 'auditLog', name: 'atDoor', handler: (req, _res, next) => void (atDoor.push(req.id), next()) }],
+    });
     handlers.push(stack);
     const app = newApp();
     let ran = 0;
@@ -484,7 +496,9 @@ describe('auditLog sinks', () => {
     app.use(stack.errorHandler);
     await request(app).post('/games').expect(201);
     const second = request(app).post('/games').then((r) => r);
-    await new Promise((r) => setTimeout(r, 150));
+    await eventually(() => expect(atDoor).toHaveLength(2));
+    // A few turns of the event loop: a write that was not held would have run by then.
+    for (let i = 0; i < 5; i++) await new Promise((r) => setImmediate(r));
     // Held at the door: the handler (the write) has not run.
     expect(ran).toBe(1);
     hold.open();
@@ -509,19 +523,27 @@ describe('auditLog sinks', () => {
 
   it('close() resolves once queued records are written, and stack.close() calls it', async () => {
     const written: AuditRecord[] = [];
+    // The sink writes only once close() has begun: a sink that merely took some time per record
+    // could finish before close() on a slow machine, and the test would prove nothing.
+    const writing = gate();
     const slow = async (record: AuditRecord) => {
-      await new Promise((r) => setTimeout(r, 20));
+      await writing.promise;
       written.push(record);
     };
-    const stack = createStack({ ...ONLY_AUDIT, logger: recordingLogger().logger, auditLog: { sink: slow, batchSize: 1 } });
+    const stack = createStack({ ...ONLY_AUDIT, logger: recordingLogger().logger, auditLog: { sink: slow, batchSize: 1, closeTimeout: '10s' } });
     const app = newApp();
     app.use(stack);
     app.post('/games', (_req, res) => {
       res.status(201).end();
     });
     await Promise.all(Array.from({ length: 5 }, () => request(app).post('/games').expect(201)));
-    expect(written.length).toBeLessThan(5);
-    await stack.close();
+    expect(written).toHaveLength(0);
+    let closed = false;
+    const closing = stack.close().then(() => (closed = true));
+    await new Promise((r) => setImmediate(r));
+    expect(closed).toBe(false);
+    writing.open();
+    await closing;
     expect(written).toHaveLength(5);
   });
 

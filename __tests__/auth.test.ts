@@ -259,7 +259,7 @@ describe('auth: asymmetric keys', () => {
     expect(res.body.user.id).toBe('ec-user');
   });
 
-  it('rotates keys through getKey(header) by kid; unknown kid → 401, a throwing hook → 500, refused algorithms never reach the hook', async () => {
+  it('rotates keys through getKey(header) by kid; unknown kid → 401, a throwing hook → 503 (#14), refused algorithms never reach the hook', async () => {
     const keys: Record<string, string> = { k1: rsa.publicKey, k2: rsa2.publicKey };
     const getKey = jest.fn(async (header: jwt.JwtHeader) => (header.kid ? keys[header.kid] : undefined) ?? null);
     const { app } = appWith({ jwt: { getKey, algorithms: ['RS256'] } });
@@ -288,8 +288,9 @@ describe('auth: asymmetric keys', () => {
     const res = await request(broken)
       .get('/me')
       .set('Authorization', `Bearer ${rs({}, rsa.privateKey, 'k1')}`)
-      .expect(500);
-    expect(res.body.error.code).toBe('INTERNAL_ERROR');
+      .expect(503);
+    expect(res.body.error.code).toBe('SERVICE_UNAVAILABLE');
+    expect(res.body.error.message).not.toContain('JWKS endpoint down');
   });
 });
 
@@ -550,10 +551,10 @@ describe('auth: setup', () => {
 
   it.each<[string, AuthOptions | (() => AuthOptions), RegExp]>([
     ['no credential source', { jwt: false }, /no credential source/],
-    ["algorithms ['none']", { jwt: { secret: SECRET, algorithms: ['none'] } }, /'none'.*always refused/],
+    ["algorithms ['none']", { jwt: { secret: SECRET, algorithms: ['none'] as never } }, /'none'.*always refused/],
     ['HS256 with a public key', { jwt: { publicKey: rsaPub, algorithms: ['HS256'] } }, /HS\/RS confusion/],
     ['RS256 with a secret', { jwt: { secret: SECRET, algorithms: ['RS256'] } }, /cannot be verified with a secret/],
-    ['ES256 with an RSA key', { jwt: { publicKey: rsaPub, algorithms: ['ES256'] } }, /cannot be verified with a rsa key/],
+    ['ES256 with an RSA key', { jwt: { publicKey: rsaPub, algorithms: ['ES256'] } }, /cannot be verified with an RSA key/],
     ['secret and publicKey together', { jwt: { secret: SECRET, publicKey: rsaPub } }, /one key source/],
     ['getKey without algorithms', { jwt: { getKey: async () => null } }, /required with getKey/],
     ['getKey mixing HS and RS', { jwt: { getKey: async () => null, algorithms: ['HS256', 'RS256'] } }, /mixes HMAC and asymmetric/],

@@ -1,4 +1,6 @@
 import { createHash } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { Express, Request } from 'express';
 import request from 'supertest';
 import { cache, ConfigError, createStack } from '../index';
@@ -678,7 +680,10 @@ describe('cache: configuration', () => {
     [{ staleWhileRevalidate: 10 }, /cache\.staleWhileRevalidate: .*needs cache\.ttl/],
     [{ maxAge: 60, noStore: true }, /cache\.noStore: .*contradicts maxAge 60/],
     [{ maxAge: 1.5 }, /cache\.maxAge: expected whole seconds/],
-    [{ ttl: '60s' }, /cache\.ttl: expected a number of seconds/],
+    [{ ttl: 'soon' }, /cache\.ttl: expected a number of seconds/],
+    [{ ttl: '60' }, /cache\.ttl: expected a number of seconds \(as in HTTP max-age\) or a duration like '90s'/],
+    [{ maxAge: '1500ms' }, /cache\.maxAge: expected whole seconds/],
+    [{ staleWhileRevalidate: 'later', ttl: 60 }, /cache\.staleWhileRevalidate: expected a number of seconds/],
     [{ vary: 'Accept' }, /cache\.vary: expected an array of request header names/],
     [{ tags: ['/games'] }, /cache\.tags: expected an array of tag names/],
     [{ lockTimeout: 0 }, /cache\.lockTimeout: expected a duration above zero/],
@@ -691,5 +696,244 @@ describe('cache: configuration', () => {
 
   it('explains app.use(cache) without parentheses', () => {
     expect(() => cache({ method: 'GET', headers: {}, url: '/' } as never)).toThrow(/write app.use\(cache\(\)\) with parentheses/);
+  });
+});
+
+describe('cache: keys (#11)', () => {
+  /** An app whose handler answers with what it sees of the request, behind `cache(options)`. */
+  function echoApp(options: CacheOptions = { ttl: 60 }, setup?: (app: Express) => void) {
+    const app = newApp();
+    setup?.(app);
+    let runs = 0;
+    app.use(cache(isolated(options)));
+    app.use((req, res) => {
+      runs++;
+      res.send(`${req.get('host')} ${req.originalUrl} ${JSON.stringify(req.query)} ${req.headers.cookie ?? '-'}`);
+    });
+    return { app, runs: () => runs };
+  }
+
+  it("keeps hosts with a slash out of another host's cache entry (#11)", async () => {
+    const { app } = echoApp();
+    await request(app).get('/x').set('Host', 'victim.example/page').expect(200, 'victim.example/page /x {} -').expect('X-Cache', 'MISS');
+    // Not stored under any key: the same request is a miss again.
+    await request(app).get('/x').set('Host', 'victim.example/page').expect('X-Cache', 'MISS');
+    await request(app).get('/page/x').set('Host', 'victim.example').expect(200, 'victim.example /page/x {} -').expect('X-Cache', 'MISS');
+    await request(app).get('/page/x').set('Host', 'victim.example').expect(200, 'victim.example /page/x {} -').expect('X-Cache', 'HIT');
+  });
+
+  it.each(['victim.example/page', 'victim.example:80/page', 'victim.example:', 'victim.example:http', 'a b.example', 'victim..example', '-victim.example', '[::1', '[::1]x', '[::g]', 'x'.repeat(64) + '.example'])(
+    'neither looks up nor stores a request whose Host is %j (#11)',
+    async (host) => {
+      const { app, runs } = echoApp();
+      await request(app).get('/page').set('Host', host).expect(200).expect('X-Cache', 'MISS');
+      await request(app).get('/page').set('Host', host).expect(200).expect('X-Cache', 'MISS');
+      expect(runs()).toBe(2);
+    },
+  );
+
+  it.each(['victim.example', 'victim.example.', 'victim.example:8080', 'localhost', '127.0.0.1:3000', '[::1]:3000', 'svc_a.internal'])('caches a request whose Host is %j', async (host) => {
+    const { app, runs } = echoApp();
+    await request(app).get('/page').set('Host', host).expect('X-Cache', 'MISS');
+    await request(app).get('/page').set('Host', host).expect('X-Cache', 'HIT');
+    expect(runs()).toBe(1);
+  });
+
+  it('keys the host name as Express reads it, and the port too when vary lists Host', async () => {
+    const plain = echoApp();
+    await request(plain.app).get('/').set('Host', 'a.example:8080').expect('X-Cache', 'MISS');
+    await request(plain.app).get('/').set('Host', 'a.example:9090').expect('X-Cache', 'HIT');
+    await request(plain.app).get('/').set('Host', 'b.example:8080').expect('X-Cache', 'MISS');
+    const byHost = echoApp({ ttl: 60, vary: ['Host'] });
+    await request(byHost.app).get('/').set('Host', 'a.example:8080').expect('X-Cache', 'MISS');
+    await request(byHost.app).get('/').set('Host', 'a.example:9090').expect(200, 'a.example:9090 / {} -').expect('X-Cache', 'MISS');
+  });
+
+  it('reads X-Forwarded-Host, and validates it, only when trust proxy trusts the peer (#11)', async () => {
+    const trusted = echoApp({ ttl: 60 }, (app) => app.set('trust proxy', true));
+    await request(trusted.app).get('/x').set('X-Forwarded-Host', 'victim.example/page').expect('X-Cache', 'MISS');
+    await request(trusted.app).get('/x').set('X-Forwarded-Host', 'victim.example/page').expect('X-Cache', 'MISS');
+    await request(trusted.app).get('/x').set('X-Forwarded-Host', 'a.example, b.example').expect('X-Cache', 'MISS');
+    await request(trusted.app).get('/x').set('X-Forwarded-Host', 'a.example').expect('X-Cache', 'HIT');
+    await request(trusted.app).get('/x').set('X-Forwarded-Host', 'b.example').expect('X-Cache', 'MISS');
+    expect(trusted.runs()).toBe(4);
+    const untrusted = echoApp();
+    await request(untrusted.app).get('/x').set('X-Forwarded-Host', 'a.example').expect('X-Cache', 'MISS');
+    await request(untrusted.app).get('/x').set('X-Forwarded-Host', 'victim.example/page').expect('X-Cache', 'HIT');
+  });
+
+  it('keeps ?a=1&%61=2 and ?%61=2&a=1 apart: the handler sees different arrays (#11)', async () => {
+    const { app } = echoApp();
+    const first = await request(app).get('/q?a=1&%61=2').expect('X-Cache', 'MISS');
+    const second = await request(app).get('/q?%61=2&a=1').expect('X-Cache', 'MISS');
+    expect(first.text).toContain('{"a":["1","2"]}');
+    expect(second.text).toContain('{"a":["2","1"]}');
+    await request(app).get('/q?a=1&%61=2').expect(200, first.text).expect('X-Cache', 'HIT');
+    await request(app).get('/q?%61=2&a=1').expect(200, second.text).expect('X-Cache', 'HIT');
+  });
+
+  it('keeps the order of the parts of one parameter (a, a[], a[x], a.b) under the extended parser (#11)', async () => {
+    const { app } = echoApp({ ttl: 60 }, (a) => a.set('query parser', 'extended'));
+    const first = await request(app).get('/q?a=1&a[]=2&b=3').expect('X-Cache', 'MISS');
+    const second = await request(app).get('/q?a[]=2&a=1&b=3').expect('X-Cache', 'MISS');
+    expect(first.text).toContain('{"a":["1","2"],"b":"3"}');
+    expect(second.text).toContain('{"a":["2","1"],"b":"3"}');
+    // Different parameters still share an entry whatever their order.
+    await request(app).get('/q?b=3&a=1&a[]=2').expect(200, first.text).expect('X-Cache', 'HIT');
+  });
+
+  it('never shares an entry between two spellings of a query the handler can tell apart (#11)', async () => {
+    const { app } = echoApp();
+    const plain = await request(app).get('/q?x=A').expect('X-Cache', 'MISS');
+    expect(plain.text).toContain(' /q?x=A {"x":"A"}');
+    const encoded = await request(app).get('/q?x=%41').expect('X-Cache', 'MISS');
+    expect(encoded.text).toContain(' /q?x=%41 {"x":"A"}');
+    await request(app).get('/q?x=A&x=B').expect('X-Cache', 'MISS');
+    await request(app).get('/q?x=B&x=A').expect('X-Cache', 'MISS');
+  });
+
+  it('never serves a caller known by a cookie session the entry of another (#11)', async () => {
+    const { app, runs } = echoApp();
+    await request(app).get('/me').set('Cookie', 'sid=alice').expect('X-Cache', 'MISS');
+    const bob = await request(app).get('/me').set('Cookie', 'sid=bob').expect('X-Cache', 'MISS');
+    expect(bob.text).toMatch(/ sid=bob$/);
+    const alice = await request(app).get('/me').set('Cookie', 'sid=alice').expect('X-Cache', 'HIT');
+    expect(alice.text).toMatch(/ sid=alice$/);
+    const anonymous = await request(app).get('/me').expect('X-Cache', 'MISS');
+    expect(anonymous.text).toMatch(/ -$/);
+    expect(runs()).toBe(3);
+  });
+
+  it("shares entries between cookies when the route's vary says the response does not depend on them", async () => {
+    for (const vary of [[], ['Accept-Language']]) {
+      const { app, runs } = echoApp({ ttl: 60, vary });
+      await request(app).get('/page').set('Cookie', 'sid=alice').expect('X-Cache', 'MISS');
+      await request(app).get('/page').set('Cookie', 'sid=bob').expect('X-Cache', 'HIT');
+      expect(runs()).toBe(1);
+    }
+    const { app } = echoApp({ ttl: 60, vary: ['Cookie'] });
+    await request(app).get('/page').set('Cookie', 'sid=alice').expect('X-Cache', 'MISS');
+    await request(app).get('/page').set('Cookie', 'sid=bob').expect('X-Cache', 'MISS');
+  });
+
+  it('keys an authenticated user by identity, not by cookie', async () => {
+    const { app, runs } = echoApp({ ttl: 60 }, (a) =>
+      a.use((req, _res, next) => {
+        if (req.headers['x-user']) req.user = { id: String(req.headers['x-user']) };
+        next();
+      }),
+    );
+    await request(app).get('/me').set('X-User', 'u1').set('Cookie', 'sid=1').expect('X-Cache', 'MISS');
+    await request(app).get('/me').set('X-User', 'u1').set('Cookie', 'sid=2').expect('X-Cache', 'HIT');
+    await request(app).get('/me').set('X-User', 'u2').set('Cookie', 'sid=1').expect('X-Cache', 'MISS');
+    expect(runs()).toBe(2);
+  });
+
+  it('keeps identities apart whatever characters their ids contain (#11)', async () => {
+    const identities: Record<string, Partial<Request>> = {
+      one: { user: { id: 'a\u0001b' }, tenant: { id: 'c' } },
+      two: { user: { id: 'a' }, apiKey: { name: 'b\u0001' }, tenant: { id: 'c' } },
+    };
+    const app = newApp();
+    app.use((req, _res, next) => {
+      Object.assign(req, identities[String(req.headers['x-who'])]);
+      next();
+    });
+    app.use(cache(isolated({ ttl: 60 })));
+    app.get('/me', (req, res) => void res.send(String(req.headers['x-who'])));
+    await request(app).get('/me').set('X-Who', 'one').expect(200, 'one').expect('X-Cache', 'MISS');
+    await request(app).get('/me').set('X-Who', 'two').expect(200, 'two').expect('X-Cache', 'MISS');
+  });
+
+  it('never stores a request with Authorization that no auth identified, even with a tenant', async () => {
+    const { app, runs } = echoApp({ ttl: 60 }, (a) =>
+      a.use((req, _res, next) => {
+        req.tenant = { id: 'acme' };
+        next();
+      }),
+    );
+    await request(app).get('/me').set('Authorization', 'Bearer a').expect('X-Cache', 'MISS');
+    await request(app).get('/me').set('Authorization', 'Bearer b').expect('X-Cache', 'MISS');
+    expect(runs()).toBe(2);
+  });
+
+  it('neither looks up nor stores an absolute-form request target', async () => {
+    const { app, runs } = echoApp();
+    const server = app.listen(0);
+    try {
+      const port = (server.address() as AddressInfo).port;
+      const get = () =>
+        new Promise<string | undefined>((resolve, reject) => {
+          http
+            .get({ host: '127.0.0.1', port, path: `http://127.0.0.1:${port}/abs`, headers: { host: `127.0.0.1:${port}` } }, (res) => {
+              res.resume();
+              resolve(res.headers['x-cache'] as string | undefined);
+            })
+            .on('error', reject);
+        });
+      expect(await get()).toBe('MISS');
+      expect(await get()).toBe('MISS');
+      expect(runs()).toBe(2);
+    } finally {
+      server.close();
+    }
+  });
+});
+
+describe('cache: durations (#12)', () => {
+  it.each([
+    [{ ttl: '5m', maxAge: '1m' }, 'max-age=60'],
+    [{ ttl: 300, maxAge: 60 }, 'max-age=60'],
+    [{ ttl: '1h', maxAge: '1h' }, 'max-age=3600'],
+  ] as Array<[CacheOptions, string]>)('%j stores and sends %s', async (options, cacheControl) => {
+    const { app } = appWith(options);
+    const res = await request(app).get('/games/1').expect('X-Cache', 'MISS');
+    expect(res.headers['cache-control']).toBe(cacheControl);
+    await request(app).get('/games/1').expect('X-Cache', 'HIT');
+  });
+
+  it("keeps an entry for ttl: '90s' exactly as for ttl: 90 (injected clock)", async () => {
+    for (const ttl of ['90s', 90, '1.5m']) {
+      let now = 1_000_000;
+      const { app } = appWith({ ttl, now: () => now });
+      await request(app).get('/games/1').expect('X-Cache', 'MISS');
+      now += 89_000;
+      await request(app).get('/games/1').expect('X-Cache', 'HIT');
+      now += 1_000;
+      await request(app).get('/games/1').expect('X-Cache', 'MISS');
+    }
+  });
+
+  it("serves STALE for staleWhileRevalidate: '30s' past ttl: '10s' while one request refreshes", async () => {
+    let now = 1_000_000;
+    let runs = 0;
+    let entered!: () => void;
+    const refreshing = new Promise<void>((resolve) => (entered = resolve));
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const app = newApp();
+    app.use(cache(isolated({ ttl: '10s', staleWhileRevalidate: '30s', now: () => now })));
+    app.get('/news', async (_req, res) => {
+      if (++runs > 1) {
+        entered();
+        await gate;
+      }
+      res.send(`edition ${runs}`);
+    });
+    await request(app).get('/news').expect(200, 'edition 1');
+    now += 39_000;
+    const refresher = request(app).get('/news').then((r) => r);
+    await refreshing;
+    await request(app).get('/news').expect(200, 'edition 1').expect('X-Cache', 'STALE');
+    release();
+    expect((await refresher).text).toBe('edition 2');
+  });
+});
+
+describe('cache: conditional requests through fresh', () => {
+  it('lets a matching If-None-Match win over an If-Modified-Since that alone would say modified (RFC 9110 §13.1.3)', async () => {
+    const { app } = appWith();
+    const etag = (await request(app).get('/modified').expect(200)).headers.etag;
+    await request(app).get('/modified').set('If-None-Match', etag).set('If-Modified-Since', 'Tue, 31 Dec 2024 00:00:00 GMT').expect(304);
   });
 });

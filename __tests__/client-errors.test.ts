@@ -3,6 +3,7 @@ import net, { type AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { ConfigError, handleClientErrors } from '../index';
 import { newApp, recordingLogger } from './helpers/app';
+import { RawClient } from './helpers/raw-client';
 
 interface Raw {
   status: number;
@@ -88,6 +89,20 @@ describe('handleClientErrors', () => {
     const res = await raw(await start(server), 'GET / HTTP/1.1\r\nHost: x\r\n');
     expect(res.status).toBe(408);
     expect(res.body.error.code).toBe('REQUEST_TIMEOUT');
+  });
+
+  it('ends the connection without a reset while the client still sends after its refused request (#11)', async () => {
+    const { server } = serve();
+    const client = await RawClient.connect(await start(server));
+    await client.write(`POST / HTTP/1.1\r\nHost: x\r\nX-Note: a\x01b\r\nContent-Length: ${1024 * 1024}\r\n\r\n`);
+    const res = await client.response();
+    expect(res).toMatchObject({ status: 400, headers: { connection: 'close' }, body: { error: { code: 'BAD_REQUEST' } } });
+    // The client goes on with its body (and would pipeline more): read and thrown away, then FIN.
+    for (let i = 0; i < 8; i++) await client.write(Buffer.alloc(64 * 1024, 'b'));
+    await client.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
+    await client.serverEnd();
+    await client.finish();
+    expect(client.errors).toEqual([]);
   });
 
   it('leaves well-formed requests alone', async () => {

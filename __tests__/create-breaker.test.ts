@@ -325,12 +325,13 @@ describe('createBreaker shared state', () => {
     const handlers: Array<(a: BreakerAnnouncement) => void> = [];
     const loaded = deferred<BreakerAnnouncement | undefined>();
     const store: BreakerStateStore = {
-      announce: async () => undefined,
+      announce: async () => ({ applied: true, gen: 1 }),
       subscribe: async (_name, handler) => {
         handlers.push(handler);
         return async () => undefined;
       },
       load: () => loaded.promise,
+      onResync: () => () => undefined,
     };
     const stores = { create: () => store } as unknown as Stores;
     const breaker = createBreaker(async () => 'ok', { name: 'late-load', stores, logger: quiet() });
@@ -353,12 +354,16 @@ describe('createBreaker shared state', () => {
     const handlers: Array<(a: BreakerAnnouncement) => void> = [];
     let gen = 0;
     const store: BreakerStateStore = {
-      announce: async (name, state, remainingMs, origin) => void queue.push({ name, state, remainingMs, gen: ++gen, origin }),
+      announce: async (name, state, remainingMs, origin) => {
+        queue.push({ name, state, remainingMs, gen: ++gen, origin });
+        return { applied: true, gen };
+      },
       subscribe: async (_name, handler) => {
         handlers.push(handler);
         return async () => undefined;
       },
       load: async () => undefined,
+      onResync: () => () => undefined,
     };
     const flush = () => {
       for (const announcement of queue.splice(0)) for (const h of [...handlers]) h(announcement);

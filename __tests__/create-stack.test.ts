@@ -1,8 +1,8 @@
 import request from 'supertest';
-import { createStack, ConfigError, getContext } from '../index';
+import { createStack, ConfigError, getContext, rateLimit } from '../index';
 import { resetForwardedForWarning } from '../lib/forwarded-for';
 import { resetWarnings } from '../lib/warnings';
-import { newApp, recordingLogger } from './helpers/app';
+import { describeRedis, newApp, recordingLogger, redisUrl, uniquePrefix } from './helpers/app';
 
 function appWith(config: Parameters<typeof createStack>[0] = {}) {
   const stack = createStack(config);
@@ -115,7 +115,8 @@ describe('createStack', () => {
   });
 
   it('refuses a middleware value that is not options, true or false', () => {
-    expect(() => createStack({ requestId: 'yes' } as never)).toThrow(/requestId: expected an options object, true or false, got string/);
+    expect(() => createStack({ requestId: 'yes' } as never)).toThrow(/requestId: expected an options object, true or false, got 'yes'/);
+    expect(() => createStack({ rateLimit: [] } as never)).toThrow(/rateLimit: expected an options object, true or false, got an array/);
     expect(() => createStack({ insert: [{ after: 'nope', name: 'x', handler: () => undefined }] })).toThrow(/'nope' is not an enabled middleware/);
   });
 
@@ -146,5 +147,68 @@ describe('createStack', () => {
     } finally {
       process.env.NODE_ENV = previous;
     }
+  });
+
+  it('refuses a factory given as a middleware key, saying to write its options (#12)', () => {
+    expect(() => createStack({ rateLimit } as never)).toThrow(ConfigError);
+    expect(() => createStack({ rateLimit } as never)).toThrow(
+      /^rateLimit: expected an options object, true or false, got a function: write rateLimit: \{ … \} with its options/,
+    );
+    expect(() => createStack({ timeout: rateLimit() } as never)).toThrow(/^timeout: expected an options object, true or false, got a function/);
+  });
+});
+
+describeRedis('a route-level rateLimit that requests reach before (or without) the Redis stack', () => {
+  const open: Array<{ close(): Promise<void> }> = [];
+  beforeEach(() => resetWarnings());
+  afterEach(async () => {
+    await Promise.all(open.splice(0).map((s) => s.close()));
+  });
+
+  /** An app with a Redis stack and a /login limiter mounted `where` relative to it. */
+  function appWith(where: 'before' | 'after', withRedis = true) {
+    const { logger, lines } = recordingLogger();
+    const stack = createStack({ logger, redis: withRedis ? redisUrl : undefined, keyPrefix: uniquePrefix(), rateLimit: false });
+    open.push(stack);
+    const limiter = rateLimit({ limit: 5, prefix: `login-${where}-${uniquePrefix().slice(5, 13)}` });
+    const app = newApp();
+    if (where === 'before') app.use('/login', limiter);
+    app.use(stack);
+    if (where === 'after') app.use('/login', limiter);
+    app.post('/login', (_req, res) => {
+      res.json({ ok: true });
+    });
+    return { app, stack, lines };
+  }
+
+  const outside = (lines: Array<Record<string, any>>) => lines.filter((line) => line.code === 'ERR_RATE_LIMIT_OUTSIDE_STACK');
+
+  it("warns once, in the stack's logger, that a limiter mounted before the stack counts in memory (#12)", async () => {
+    const { app, lines } = appWith('before');
+    await request(app).post('/login').expect(200);
+    await request(app).post('/login').expect(200);
+    expect(outside(lines)).toEqual([
+      expect.objectContaining({
+        level: 'warn',
+        message: expect.stringMatching(/^rateLimit\(\) \(limiter 'login-before-.*'\) served a request that no stack had seen, so it counts in this instance's memory.*mount it after app\.use\(stack\)/),
+      }),
+    ]);
+  });
+
+  it('stays quiet for a limiter mounted after the stack, which counts in Redis (#12)', async () => {
+    const { app, lines } = appWith('after');
+    await request(app).post('/login').expect(200);
+    expect(outside(lines)).toEqual([]);
+  });
+
+  it('stays quiet when no stack with Redis is open, or once it is closed (#12)', async () => {
+    const { app, lines, stack } = appWith('before', false);
+    await request(app).post('/login').expect(200);
+    expect(outside(lines)).toEqual([]);
+    await stack.close();
+    const closed = appWith('before');
+    await closed.stack.close();
+    await request(closed.app).post('/login').expect(200);
+    expect(outside(closed.lines)).toEqual([]);
   });
 });

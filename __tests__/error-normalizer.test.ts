@@ -1,3 +1,5 @@
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import request from 'supertest';
 import {
   BadRequestError,
@@ -13,7 +15,7 @@ import {
   ServiceUnavailableError,
   ValidationError,
 } from '../index';
-import { newApp, recordingLogger } from './helpers/app';
+import { closeStacks, loadExpress, newApp, recordingLogger, stackApp } from './helpers/app';
 
 class DbDownError extends Error {}
 
@@ -165,5 +167,191 @@ describe('errorNormalizer', () => {
     expect(isHttpError(new BadRequestError())).toBe(true);
     expect(isHttpError(new Error('x'))).toBe(false);
     expect(isHttpError({ status: 400 })).toBe(false);
+  });
+});
+
+describe('errorNormalizer never echoes the query string (#11)', () => {
+  const TOKEN = 'eyJhbGciOiJIUzI1NiJ9.secret-token-123';
+
+  function mountedApp(options: Parameters<typeof errorNormalizer>[0]) {
+    const app = newApp();
+    app.use(requestId());
+    const router = loadExpress().Router();
+    router.get('/x', (_req, _res, next) => next(new ValidationError('Bad input.', { field: 'name' })));
+    app.use('/api', router);
+    app.use(notFound(), errorNormalizer(options));
+    return app;
+  }
+
+  it.each([
+    ['envelope', { format: 'envelope' as const }],
+    ['problem', { format: 'problem' as const }],
+  ])('leaves a token in the query out of the %s body of a thrown error', async (_format, options) => {
+    const res = await request(appThrowing(() => new ValidationError('Bad input.'), options)).get(`/x?access_token=${TOKEN}&a=1`).expect(422);
+    expect(JSON.stringify(res.body)).not.toContain('secret-token');
+    expect(JSON.stringify(res.body)).not.toContain('access_token');
+    if (options.format === 'problem') expect(res.body.instance).toBe('/x');
+  });
+
+  it.each([
+    ['envelope', { format: 'envelope' as const }],
+    ['problem', { format: 'problem' as const }],
+  ])('leaves a token in the query out of the %s body of a 404', async (_format, options) => {
+    const res = await request(appThrowing(() => null, options)).get(`/missing?access_token=${TOKEN}`).expect(404);
+    expect(JSON.stringify(res.body)).not.toContain('secret-token');
+    expect(res.body.request_id ?? res.body.error.request_id).toBe(res.headers['x-request-id']);
+    if (options.format === 'problem') expect(res.body.instance).toBe('/missing');
+  });
+
+  it('names the full path under a mount point, without the query, as problem instance', async () => {
+    const res = await request(mountedApp({ format: 'problem' })).get(`/api/x?token=${TOKEN}#frag`).expect(422);
+    expect(res.body.instance).toBe('/api/x');
+  });
+
+  it('names only the path of an absolute-form request target', async () => {
+    const server = mountedApp({ format: 'problem' }).listen(0, '127.0.0.1');
+    try {
+      await new Promise<void>((resolve) => server.once('listening', resolve));
+      const { port } = server.address() as AddressInfo;
+      const body = await new Promise<string>((resolve, reject) => {
+        const req = http.request({ host: '127.0.0.1', port, path: `http://api.example.com/api/x?access_token=${TOKEN}` }, (res) => {
+          let text = '';
+          res.setEncoding('utf8');
+          res.on('data', (chunk: string) => (text += chunk));
+          res.on('end', () => resolve(text));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+      expect(JSON.parse(body)).toMatchObject({ status: 422, instance: '/api/x' });
+      expect(body).not.toContain('secret-token');
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+});
+
+describe('errorNormalizer never throws (#11)', () => {
+  afterEach(closeStacks);
+
+  // A Proxy whose every trap throws: reading, testing, listing or converting it fails.
+  const hostile = new Proxy(
+    {},
+    new Proxy({}, {
+      get: () => () => {
+        throw new Error('trap');
+      },
+    }),
+  );
+  const throwing = (name: string) => () => {
+    throw new Error(`${name} getter`);
+  };
+  const withGetter = <T extends object>(target: T, name: string): T => Object.defineProperty(target, name, { get: throwing(name) });
+  const circular: Record<string, unknown> = { field: 'name' };
+  circular.self = circular;
+  const fatal = { status: 500, code: 'INTERNAL_ERROR' };
+
+  it.each<[string, () => unknown, { status: number; code: string; message?: string }]>([
+    ['an error whose status getter throws', () => withGetter(new Error('x'), 'status'), fatal],
+    ['an error whose statusCode getter throws', () => withGetter(new Error('x'), 'statusCode'), fatal],
+    ['a library error whose status getter throws', () => withGetter(new BadRequestError('x'), 'status'), fatal],
+    ['a Proxy that throws on every trap', () => hostile, fatal],
+    ['an error with a throwing toJSON', () => Object.assign(new Error('x'), { toJSON: throwing('toJSON') }), fatal],
+    ['a 4xx whose details have a throwing toJSON', () => new ValidationError('Bad input.', { toJSON: throwing('toJSON') }), fatal],
+    ['an error whose message getter throws', () => withGetter(new Error(), 'message'), fatal],
+    ['a 4xx whose message getter throws', () => withGetter(Object.assign(new Error(), { status: 404, expose: true }), 'message'), fatal],
+    ['a library error whose message getter throws', () => withGetter(new BadRequestError(), 'message'), fatal],
+    ['a library error whose details getter throws', () => withGetter(new BadRequestError('x'), 'details'), fatal],
+    ['an error whose type getter throws', () => withGetter(new Error('x'), 'type'), fatal],
+    ['a frozen library error', () => Object.freeze(new BadRequestError('Frozen but fine.')), { status: 400, code: 'BAD_REQUEST', message: 'Frozen but fine.' }],
+    ['a frozen foreign error', () => Object.freeze(Object.assign(new Error('Gone.'), { status: 410, expose: true })), { status: 410, code: 'GONE', message: 'Gone.' }],
+    ['null', () => null, fatal],
+    ['undefined', () => undefined, fatal],
+    ['the number 42', () => 42, fatal],
+    ['a Symbol', () => Symbol('boom'), fatal],
+    ['an object without a prototype', () => Object.create(null), fatal],
+    ['an object whose conversion to a string throws', () => ({ [Symbol.toPrimitive]: throwing('toPrimitive') }), fatal],
+    ['a 4xx with circular details', () => new ValidationError('Bad input.', circular), fatal],
+    ['a 4xx with a BigInt in its details', () => new ValidationError('Bad input.', { n: BigInt(1) }), fatal],
+    ['a library error with status 99', () => new HttpError(99), fatal],
+    ['a library error with status 600', () => new HttpError(600), fatal],
+    ['a library error with status 200', () => new HttpError(200), fatal],
+    ['a library error with status NaN', () => new HttpError(Number.NaN), fatal],
+    ["a library error with status 'abc'", () => new HttpError('abc' as never), fatal],
+    ['a foreign error with status 99', () => Object.assign(new Error('x'), { status: 99 }), fatal],
+    ['a foreign error with status 600', () => Object.assign(new Error('x'), { status: 600 }), fatal],
+    ["a foreign error with status 'abc'", () => Object.assign(new Error('x'), { status: 'abc' }), fatal],
+    ['a foreign error with status NaN', () => Object.assign(new Error('x'), { status: Number.NaN }), fatal],
+    ["an object typed 'constructor'", () => ({ type: 'constructor' }), fatal],
+    ["an object typed '__proto__'", () => ({ type: '__proto__' }), fatal],
+    ['a library error whose code is not a name', () => new HttpError(418, 42 as never, 'Teapot.'), { status: 418, code: 'BAD_REQUEST', message: 'Teapot.' }],
+    ['a library error with an empty message', () => new HttpError(404, 'NOT_FOUND', ''), { status: 404, code: 'NOT_FOUND', message: 'The resource was not found.' }],
+  ])('answers %s with the envelope and the request id', async (_name, thrown, expected) => {
+    for (const format of ['envelope', 'problem'] as const) {
+      const app = newApp();
+      app.use(requestId());
+      const normalize = errorNormalizer({ format, expose: false });
+      // Called directly: Express treats next(null) as "no error", and some of these values it never routes.
+      app.get('/x', (req, res, next) => normalize(thrown(), req, res, next));
+      const res = await request(app).get('/x');
+      expect(res.status).toBe(expected.status);
+      const id = res.headers['x-request-id'];
+      if (format === 'envelope') {
+        expect(res.headers['content-type']).toBe('application/json; charset=utf-8');
+        expect(res.body.error).toMatchObject({ code: expected.code, request_id: id, ...(expected.message ? { message: expected.message } : {}) });
+        if (expected.status === 500) expect(res.body).toEqual({ error: { code: 'INTERNAL_ERROR', message: 'An internal error occurred.', request_id: id } });
+      } else {
+        expect(res.headers['content-type']).toBe('application/problem+json; charset=utf-8');
+        expect(res.body).toMatchObject({ status: expected.status, code: expected.code, request_id: id, instance: '/x' });
+      }
+    }
+  });
+
+  it('drops error headers that are not valid HTTP headers, keeping the valid ones and the status', async () => {
+    const err = new RateLimitError('Slow down.', undefined, 5).withHeaders({ 'X-Bad': 'a\r\nSet-Cookie: x=1', 'Bad Name': 'v', 'Content-Length': '0', 'X-Fine': 'ok' });
+    const res = await request(appThrowing(() => err)).get('/x').expect(429);
+    expect(res.headers['retry-after']).toBe('5');
+    expect(res.headers['x-fine']).toBe('ok');
+    expect(res.headers['x-bad']).toBeUndefined();
+    expect(res.headers['set-cookie']).toBeUndefined();
+    expect(res.body.error.code).toBe('RATE_LIMIT_EXCEEDED');
+  });
+
+  it('logs an unreadable error under its request id instead of failing', async () => {
+    const { app, lines } = stackApp({}, (a) => {
+      a.get('/x', (_req, _res, next) => next(new Proxy(new Error('x'), { get: throwing('get'), getPrototypeOf: throwing('getPrototypeOf') })));
+    });
+    const res = await request(app).get('/x').expect(500);
+    expect(res.body.error).toMatchObject({ code: 'INTERNAL_ERROR', request_id: res.headers['x-request-id'] });
+    const logged = lines.find((l) => l.message?.startsWith('Request failed'));
+    expect(logged).toMatchObject({ level: 'error', request_id: res.headers['x-request-id'], status_code: 500 });
+  });
+
+  it('cuts the connection of a response already under way, logs, and keeps serving', async () => {
+    const { app, lines } = stackApp({}, (a) => {
+      a.get('/partial', (_req, res, next) => {
+        res.writeHead(200, { 'Content-Type': 'text/plain' });
+        res.write('half of it');
+        next(hostile);
+      });
+      a.get('/ok', (_req, res) => {
+        res.send('ok');
+      });
+    });
+    await expect(request(app).get('/partial')).rejects.toThrow();
+    await request(app).get('/ok').expect(200);
+    expect(lines.some((l) => l.message?.startsWith('Request failed') && l.level === 'error')).toBe(true);
+  });
+});
+
+describe('errorNormalizer map is checked at setup (#11)', () => {
+  it.each<[string, unknown]>([
+    ['a status under 400', [[DbDownError, { status: 200 }]]],
+    ['a status over 599', [[DbDownError, { status: 600 }]]],
+    ['a status that is not a number', [[DbDownError, { status: '503' }]]],
+    ['a code that is not a name', [[DbDownError, { status: 503, code: 'DB DOWN' }]]],
+    ['an entry that is not a pair', [DbDownError]],
+  ])('refuses %s', (_name, map) => {
+    expect(() => errorNormalizer({ map: map as never })).toThrow(/^errorNormalizer\.map: /);
   });
 });

@@ -428,7 +428,7 @@ describeRedis("featureFlags: source 'redis'", () => {
     return { stack, app, flags: stack.middleware.featureFlags };
   };
 
-  it('loads the hash at start and shows set() on instance A on instance B within a second', async () => {
+  it('loads the hash at start and shows set() on instance A on instance B at once, not at the 30 s periodic reload', async () => {
     const prefix = uniquePrefix();
     await redis.hset(`${prefix}flags`, 'preset', JSON.stringify({ enabled: true }));
     const a = instance(prefix);
@@ -442,10 +442,10 @@ describeRedis("featureFlags: source 'redis'", () => {
       const res = await request(b.app).get('/').expect(200);
       expect(res.body['new-ui']).toBe(true);
       expect(res.headers['x-feature-new-ui']).toBe('enabled');
-    }, 1000);
+    });
 
     await a.flags.delete('preset');
-    await eventually(() => expect(b.flags.evaluate('preset')).toBeUndefined(), 1000);
+    await eventually(() => expect(b.flags.evaluate('preset')).toBeUndefined());
   });
 
   it('refuses an invalid set() without writing, and keeps the previous flags when the hash holds a bad definition', async () => {
@@ -455,7 +455,7 @@ describeRedis("featureFlags: source 'redis'", () => {
     const b = instance(prefix, logger);
     await Promise.all([a.flags.ready(), b.flags.ready()]);
     await a.flags.set('x', { plans: ['pro'] });
-    await eventually(() => expect(b.flags.evaluate('x', { plan: 'pro' })?.value).toBe(true), 1000);
+    await eventually(() => expect(b.flags.evaluate('x', { plan: 'pro' })?.value).toBe(true));
 
     await expect(a.flags.set('x', { plans: 'pro' } as never)).rejects.toThrow(ConfigError);
     expect(JSON.parse((await redis.hget(`${prefix}flags`, 'x')) as string)).toEqual({ plans: ['pro'] });
@@ -463,7 +463,7 @@ describeRedis("featureFlags: source 'redis'", () => {
     // Written behind the library's back, then announced: B refuses the set and keeps x.
     await redis.hset(`${prefix}flags`, 'y', JSON.stringify({ percentage: -5 }));
     await redis.publish(`${prefix}flags:changed`, 'y');
-    await eventually(() => expect(lines.find((l) => l.code === 'FEATURE_FLAGS_INVALID')).toBeDefined(), 1000);
+    await eventually(() => expect(lines.find((l) => l.code === 'FEATURE_FLAGS_INVALID')).toBeDefined());
     expect(lines.find((l) => l.code === 'FEATURE_FLAGS_INVALID')?.reason).toMatch(/\.y\.percentage/);
     expect(b.flags.evaluate('x', { plan: 'pro' })?.value).toBe(true);
     expect(b.flags.evaluate('y')).toBeUndefined();
@@ -475,6 +475,6 @@ describeRedis("featureFlags: source 'redis'", () => {
     await b.flags.ready();
     // Written without PUBLISH, as if the announcement had been lost.
     await redis.hset(`${prefix}flags`, 'quiet', JSON.stringify({ enabled: true }));
-    await eventually(() => expect(b.flags.evaluate('quiet')?.value).toBe(true), 1500);
+    await eventually(() => expect(b.flags.evaluate('quiet')?.value).toBe(true));
   });
 });

@@ -115,6 +115,7 @@ function fullConfig(logger: import('../index').Logger): StackConfig {
     auth: { apiKeys: [{ key: API_KEY, name: 'guest', tier: 'pro', userId: 'u1' }], required: false },
     tenant: { from: ['header'], tenants: { acme: { plan: 'pro' } }, required: false },
     rateLimit: { limit: 10_000, window: '1m' },
+    idempotency: true,
     credits: { required: false, initialBalance: 1_000_000 },
     sanitize: { xss: 'strip', nosql: 'strip' },
     auditLog: { sink: 'logger' },
@@ -175,6 +176,11 @@ async function exercise(app: Express): Promise<void> {
     await request(app).get('/items/3').set('If-None-Match', String(cached.headers.etag)).expect(304);
     const created = await request(app).post('/items').send({ name: 'x', $where: 'sleep(1)' }).expect(201);
     expect(created.body).toEqual({ body: { name: 'x' }, id: created.headers['x-request-id'] });
+    const key = `item-${round}`;
+    const once = await request(app).post('/items').set('X-API-Key', API_KEY).set('Idempotency-Key', key).send({ name: 'y' }).expect(201);
+    const replayed = await request(app).post('/items').set('X-API-Key', API_KEY).set('Idempotency-Key', key).send({ name: 'y' }).expect(201);
+    expect(replayed.body).toEqual(once.body);
+    await request(app).get('/health').expect(200);
     await request(app).post('/items').set('Content-Type', 'application/json').send('{"broken":').expect(400);
     await request(app).post('/items').send({ big: 'x'.repeat(20_000) }).expect(413);
     await request(app).get('/slow').expect(504);
@@ -250,7 +256,7 @@ describe(`a good guest in the process (#12, Express ${MAJOR})`, () => {
       const before = { id: own('id'), context: own('context'), signal: own('signal') };
       const signal = new AbortController().signal;
       req.id = 'renamed';
-      req.signal = signal;
+      (req as { signal: AbortSignal }).signal = signal;
       res.json({ before, id: req.id, signalReplaced: req.signal === signal, registered: Object.getOwnPropertySymbols(req).filter((s) => Symbol.keyFor(s) !== undefined).length });
     });
     const res = await request(app).get('/own').expect(200);

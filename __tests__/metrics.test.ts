@@ -14,7 +14,7 @@ const PROM_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
 /** A stack with only requestId, metrics and bodyParser on, so other middleware cannot change the outcome. */
 function quietStack(config: StackConfig = {}) {
   const off: StackConfig = {};
-  for (const name of STACK_ORDER) if (!['requestId', 'metrics', 'bodyParser'].includes(name)) off[name] = false;
+  for (const name of STACK_ORDER) if (!['requestId', 'metrics', 'bodyParser'].includes(name)) (off as Record<string, boolean>)[name] = false;
   return createStack({ logger: recordingLogger().logger, ...off, ...config });
 }
 

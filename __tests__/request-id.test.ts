@@ -53,6 +53,80 @@ describe('requestId', () => {
     expect(res.headers['x-request-id']).toBe('105445aa7843bc8bf206b12000100000');
   });
 
+  const TRACE = '4bf92f3577b34da6a3ce929d0e0e4736';
+  const PARENT = '00f067aa0ba902b7';
+  const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+
+  it.each([
+    ['version 00', `00-${TRACE}-${PARENT}-01`],
+    ['version 00, not sampled', `00-${TRACE}-${PARENT}-00`],
+    ['a future version, exactly 55 characters', `01-${TRACE}-${PARENT}-01`],
+    ['a future version with fields of its own after a dash', `cc-${TRACE}-${PARENT}-09-what-the-future-holds`],
+    ['version fe', `fe-${TRACE}-${PARENT}-01-x`],
+  ])('takes the trace id of a valid traceparent (%s) (#11)', async (_name, traceparent) => {
+    const res = await request(app()).get('/').set('traceparent', traceparent).expect(200);
+    expect(res.headers['x-request-id']).toBe(TRACE);
+  });
+
+  it.each([
+    ['an all-zero trace id', `00-${'0'.repeat(32)}-${PARENT}-01`],
+    ['an all-zero parent id', `00-${TRACE}-${'0'.repeat(16)}-01`],
+    ['version ff', `ff-${TRACE}-${PARENT}-01`],
+    ['uppercase hex in the trace id', `00-${TRACE.toUpperCase()}-${PARENT}-01`],
+    ['uppercase hex in the version', `0A-${TRACE}-${PARENT}-01`],
+    ['uppercase hex in the flags', `00-${TRACE}-${PARENT}-0A`],
+    ['version 00 with anything after its 55 characters', `00-${TRACE}-${PARENT}-01-extra`],
+    ['version 00 with a trailing character', `00-${TRACE}-${PARENT}-011`],
+    ['a future version followed by other than a dash', `01-${TRACE}-${PARENT}-01x`],
+    ['a short trace id', `00-${TRACE.slice(1)}-${PARENT}-01`],
+    ['a long trace id', `00-${TRACE}0-${PARENT}-01`],
+    ['a short parent id', `00-${TRACE}-${PARENT.slice(1)}-01`],
+    ['a one-character flags field', `00-${TRACE}-${PARENT}-1`],
+    ['a one-character version', `0-${TRACE}-${PARENT}-01`],
+    ['a non-hex version', `0g-${TRACE}-${PARENT}-01`],
+    ['a non-hex trace id', `00-${TRACE.slice(0, 31)}g-${PARENT}-01`],
+    ['underscores for dashes', `00_${TRACE}_${PARENT}_01`],
+    ['two headers joined by a comma', `00-${TRACE}-${PARENT}-01, 00-${TRACE}-${PARENT}-01`],
+    ['an empty value', ''],
+  ])('ignores a traceparent with %s and makes an id (#11)', async (_name, traceparent) => {
+    const res = await request(app()).get('/').set('traceparent', traceparent).expect(200);
+    expect(res.headers['x-request-id']).toMatch(UUID);
+  });
+
+  it('gives unrelated requests with an all-zero traceparent ids of their own (#11)', async () => {
+    const zero = `00-${'0'.repeat(32)}-${PARENT}-01`;
+    const [a, b] = await Promise.all([request(app()).get('/').set('traceparent', zero), request(app()).get('/').set('traceparent', zero)]);
+    expect(a.headers['x-request-id']).not.toBe(b.headers['x-request-id']);
+    expect(a.headers['x-request-id']).not.toContain('0000000000');
+  });
+
+  it('prefers X-Request-ID, and falls back to X-Cloud-Trace-Context, when a traceparent is invalid (#11)', async () => {
+    const bad = `ff-${TRACE}-${PARENT}-01`;
+    const withId = await request(app()).get('/').set('traceparent', bad).set('X-Request-ID', 'edge-42').expect(200);
+    expect(withId.headers['x-request-id']).toBe('edge-42');
+    const withCloud = await request(app()).get('/').set('traceparent', bad).set('X-Cloud-Trace-Context', '105445aa7843bc8bf206b12000100000/1;o=1').expect(200);
+    expect(withCloud.headers['x-request-id']).toBe('105445aa7843bc8bf206b12000100000');
+  });
+
+  it.each([
+    ['the trace id alone', '105445aa7843bc8bf206b12000100000', '105445aa7843bc8bf206b12000100000'],
+    ['a span id and options', '105445aa7843bc8bf206b12000100000/1;o=1', '105445aa7843bc8bf206b12000100000'],
+    ['uppercase hex, lowercased', '105445AA7843BC8BF206B12000100000/12345;o=0', '105445aa7843bc8bf206b12000100000'],
+  ])('takes the X-Cloud-Trace-Context trace id from %s (#11)', async (_name, header, expected) => {
+    const res = await request(app()).get('/').set('X-Cloud-Trace-Context', header).expect(200);
+    expect(res.headers['x-request-id']).toBe(expected);
+  });
+
+  it.each([
+    ['an all-zero trace id', `${'0'.repeat(32)}/1;o=1`],
+    ['a short trace id', '105445aa7843bc8bf206b1200010000/1;o=1'],
+    ['a span id that is not decimal', '105445aa7843bc8bf206b12000100000/abc;o=1'],
+    ['an options value other than 0 or 1', '105445aa7843bc8bf206b12000100000/1;o=2'],
+  ])('ignores an X-Cloud-Trace-Context with %s (#11)', async (_name, header) => {
+    const res = await request(app()).get('/').set('X-Cloud-Trace-Context', header).expect(200);
+    expect(res.headers['x-request-id']).toMatch(UUID);
+  });
+
   it('makes time-ordered UUID v7 ids on request', async () => {
     const res = await request(app({ generator: 'uuidv7' })).get('/').expect(200);
     expect(res.headers['x-request-id']).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-/);

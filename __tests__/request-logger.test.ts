@@ -126,13 +126,18 @@ describe('requestLogger', () => {
     const { logger, lines } = recordingLogger();
     const app = newApp();
     app.use(requestId(), requestLogger({ logger }));
-    app.get('/slow', () => undefined);
+    // The client hangs up once the request is in the handler: a loaded machine can take any fixed
+    // delay before the server has even read the request.
+    let entered!: () => void;
+    const inHandler = new Promise<void>((resolve) => (entered = resolve));
+    app.get('/slow', () => entered());
     const server = app.listen(0);
     const port = (server.address() as { port: number }).port;
     const http = await import('node:http');
     const req = http.get(`http://127.0.0.1:${port}/slow`);
     req.on('error', () => undefined);
-    setTimeout(() => req.destroy(), 50);
+    await inHandler;
+    req.destroy();
     await eventually(() => expect(lines.find((l) => l.message === 'Request aborted')).toMatchObject({ aborted: true, level: 'warn' }));
     server.close();
   });

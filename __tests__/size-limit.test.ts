@@ -6,6 +6,7 @@ import type { Express, Request } from 'express';
 import request from 'supertest';
 import { ConfigError, createStack, errorNormalizer, sizeLimit } from '../index';
 import { closeStacks, eventually, newApp, recordingLogger, stackApp } from './helpers/app';
+import { RawClient } from './helpers/raw-client';
 
 interface RawResponse {
   status: number;
@@ -258,6 +259,71 @@ describe('sizeLimit: bodies without Content-Length', () => {
     );
     const res = await upload(app, '/upload', kb(40));
     expect(res).toMatchObject({ status: 200, body: { bytes: 40 * 1024 } });
+  });
+});
+
+describe('sizeLimit: the connection after a 413 (#11)', () => {
+  const servers: http.Server[] = [];
+  afterEach(() => {
+    for (const s of servers.splice(0)) {
+      s.closeAllConnections();
+      s.close();
+    }
+  });
+  async function listen(app: Express): Promise<number> {
+    const server = app.listen(0);
+    servers.push(server);
+    await new Promise((r) => server.once('listening', r));
+    return (server.address() as AddressInfo).port;
+  }
+  function uploadApp() {
+    return stackApp({ sizeLimit: { max: '1kb' } }, (a) => {
+      a.post('/upload', (req, res) => {
+        const w = sink();
+        w.on('finish', () => res.json({ bytes: w.bytes }));
+        req.pipe(w);
+      });
+      a.get('/ok', (_req, res) => res.send('ok'));
+    });
+  }
+
+  it("tells a keep-alive client the connection closes, so its next request goes out on a new one and succeeds", async () => {
+    const { app } = uploadApp();
+    const port = await listen(app);
+    const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+    const send = (method: string, path: string, body?: Buffer) =>
+      new Promise<{ status: number; connection: string | undefined; reused: boolean }>((resolve, reject) => {
+        const req = http.request({ port, path, method, agent, headers: body ? { 'Content-Type': 'application/octet-stream' } : {} }, (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, connection: res.headers.connection, reused: req.reusedSocket }));
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+    try {
+      expect(await send('POST', '/upload', Buffer.alloc(256 * 1024))).toMatchObject({ status: 413, connection: 'close' });
+      expect(await send('GET', '/ok')).toMatchObject({ status: 200, reused: false });
+      expect(await send('GET', '/ok')).toMatchObject({ status: 200, reused: true });
+    } finally {
+      agent.destroy();
+    }
+  });
+
+  it.each([
+    ['announced by Content-Length', { 'Content-Length': 1024 * 1024 }, (n: number) => Buffer.alloc(n, 'a')],
+    ['chunked, refused once it passes the limit', { 'Transfer-Encoding': 'chunked' }, (n: number) => `${n.toString(16)}\r\n${'a'.repeat(n)}\r\n`],
+  ])('ends the connection without a reset when the client goes on sending an upload %s', async (_name, framing, piece) => {
+    const { app, lines } = uploadApp();
+    const client = await RawClient.connect(await listen(app));
+    await client.head('POST', '/upload', { 'Content-Type': 'application/octet-stream', ...framing });
+    for (let i = 0; i < 4; i++) await client.write(piece(1024));
+    const res = await client.response();
+    expect(res).toMatchObject({ status: 413, headers: { connection: 'close' }, body: { error: { code: 'PAYLOAD_TOO_LARGE' } } });
+    for (let i = 0; i < 16; i++) await client.write(piece(32 * 1024));
+    await client.serverEnd();
+    await client.finish();
+    expect(client.errors).toEqual([]);
+    expect(lines.filter((l) => l.level === 'error')).toEqual([]);
   });
 });
 

@@ -2,7 +2,9 @@ import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import type { Express, NextFunction, Request, RequestHandler, Response } from 'express';
 import { ClientClosedRequestError, ConfigError, errorNormalizer, requestId, timeout } from '../index';
+import { LINGER_MS } from '../lib/late-response';
 import { closeStacks, EXPRESS_MAJOR, newApp, stackApp } from './helpers/app';
+import { RawClient } from './helpers/raw-client';
 
 // Deadlines run on jest's fake clock; sockets, nextTick and setImmediate stay real so HTTP works.
 beforeEach(() => {
@@ -110,7 +112,7 @@ describe('timeout', () => {
     expect(req.signal.reason).toMatchObject({ code: 'GATEWAY_TIMEOUT', details: { timeout_ms: 100 } });
     expect(req.signal).toBe(req.signal);
     const own = new AbortController().signal;
-    req.signal = own;
+    (req as { signal: AbortSignal }).signal = own;
     expect(req.signal).toBe(own);
   });
 
@@ -381,6 +383,47 @@ describe('timeout', () => {
     // Not a timeout: nothing aborted, nothing logged as failed.
     expect(res.req.signal.aborted).toBe(false);
     expect(lines.filter((l) => l.code === 'GATEWAY_TIMEOUT')).toEqual([]);
+  });
+
+  it('closes the connection of a client still trickling its body after the 504, within 5 s and without a reset (#11)', async () => {
+    let reached = false;
+    const { app, lines } = stackApp({ timeout: { ms: 1000 } }, (a) =>
+      a.post('/upload', (_req, res) => {
+        reached = true;
+        res.json({ stored: true });
+      }),
+    );
+    const port = await listen(app);
+    const accepted = new Promise<net.Socket>((r) => servers[servers.length - 1].once('connection', r));
+    const client = await RawClient.connect(port);
+    const serverSide = await accepted;
+    const serverClosed = new Promise((r) => serverSide.once('close', r));
+    // bodyParser waits for a JSON body of 1 MB that comes a few bytes at a time.
+    await client.head('POST', '/upload', { 'Content-Type': 'application/json', 'Content-Length': 1024 * 1024 });
+    await client.write('{"data":"');
+    await timers(1);
+    jest.advanceTimersByTime(1000);
+    const res = await client.response();
+    expect(res.status).toBe(504);
+    expect(res.body.error).toMatchObject({ code: 'GATEWAY_TIMEOUT', request_id: res.headers['x-request-id'] });
+    expect(res.headers.connection).toBe('close');
+    await client.serverEnd();
+    // The trickle goes on after the answer: read and thrown away, not answered with a reset.
+    await client.write('aaaa');
+    await timers(1);
+    jest.advanceTimersByTime(LINGER_MS - 1);
+    await client.write('bbbb');
+    for (let i = 0; i < 20; i++) await io();
+    expect(serverSide.destroyed).toBe(false);
+    // At the bound the server closes, however slowly the client still sends.
+    jest.advanceTimersByTime(1);
+    await serverClosed;
+    expect(LINGER_MS).toBeLessThanOrEqual(5000);
+    expect(client.errors).toEqual([]);
+    expect(reached).toBe(false);
+    // bodyParser's reader, cut off with the connection, is logged as the echo of the 504, not as a failure.
+    await until(() => lines.some((l) => /already answered/.test(l.message)));
+    expect(lines.filter((l) => /already answered/.test(l.message))).toEqual([expect.objectContaining({ level: 'debug', code: 'ERR_TIMEOUT_LATE_WRITE' })]);
   });
 
   it('works alone, without a stack or a request id', async () => {

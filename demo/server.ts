@@ -8,6 +8,7 @@
  *   curl -i localhost:3000/api/slow?ms=3000                             # 504 after 2 s
  *   curl -i localhost:3000/api/flaky                                    # 500s, then 503 CIRCUIT_OPEN
  *   curl -s localhost:3000/metrics | head
+ *   curl -i localhost:3000/health/ready                                 # 200 ready (Redis checked when REDIS_URL is set)
  */
 import express from 'express';
 import {
@@ -40,6 +41,10 @@ export function createDemoApp() {
     auth: {
       apiKeys: DEMO_API_KEYS,
       jwt: { secret: process.env.JWT_SECRET ?? 'demo-secret-change-me-demo-secret-change-me' },
+      // Tokens from an identity provider instead (Auth0, Okta, Cognito, Keycloak, Entra ID): its
+      // issuer and your API's audience; the keys come from its JWKS, found by discovery and
+      // refreshed when it rotates them. Recipes per provider: docs/auth.md.
+      // jwt: { issuer: 'https://your-tenant.eu.auth0.com/', audience: 'https://games.example.com', discovery: true },
       required: false, // anonymous reads are fine; writes use requireRole / credits below
     },
     tenant: { from: ['header'], tenants: { acme: { plan: 'pro' }, globex: { plan: 'free' } }, required: false },
@@ -66,10 +71,6 @@ export function createDemoApp() {
   ]);
   const app = express();
   app.use(stack);
-
-  app.get('/health', (_req, res) => {
-    res.json({ status: 'ok' });
-  });
 
   const api = express.Router();
   // Cached server-side for 30 s per caller; writes to /api/games invalidate it on every instance.
@@ -133,15 +134,20 @@ export function createDemoApp() {
 if (require.main === module) {
   const { app, stack } = createDemoApp();
   const port = Number(process.env.PORT ?? 3000);
-  const server = app.listen(port, () => {
-    stack.logger.info(`express-perimeter demo on http://localhost:${port} (${process.env.REDIS_URL ? 'Redis' : 'memory'} stores)`);
-  });
-  handleClientErrors(server);
-  const shutdown = async () => {
-    server.close();
-    await stack.close();
-    process.exit(0);
-  };
-  process.on('SIGTERM', shutdown);
-  process.on('SIGINT', shutdown);
+  // Traffic only once the stores are connected: a request before that cannot be counted on Redis.
+  void stack.ready().then(
+    () => {
+      const server = app.listen(port, () => {
+        stack.logger.info(`express-perimeter demo on http://localhost:${port} (${process.env.REDIS_URL ? 'Redis' : 'memory'} stores)`);
+      });
+      handleClientErrors(server);
+      // SIGTERM/SIGINT: readiness 503 draining, DRAIN_DELAY (5s behind a load balancer) for it to notice, then the
+      // listener closes and requests in flight get 20 s; exit 0 after a clean drain.
+      stack.attach(server, { drainDelay: process.env.DRAIN_DELAY ?? '0s', grace: '20s' });
+    },
+    (err: Error) => {
+      stack.logger.error(err.message, { code: 'PERIMETER_NOT_READY' });
+      process.exit(1);
+    },
+  );
 }

@@ -3,6 +3,7 @@ import type { EventEmitter } from 'node:events';
 import { STATUS_CODES } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { ConfigError } from './errors';
+import { lingeringClose } from './late-response';
 import { defaultLogger, type Logger } from './logger';
 import { checkOptions } from './options';
 
@@ -96,9 +97,10 @@ export function handleClientErrors<S extends EventEmitter>(server: S, options: C
           'Connection: close\r\n\r\n' +
           body,
       );
-      // end() sends FIN after the answer; destroy once it is flushed, so a peer that never
-      // closes its side cannot keep the socket open.
-      socket.once('finish', () => socket.destroy());
+      // FIN after the answer; what the client still sends (the rest of a body, further requests)
+      // is read and thrown away for a bounded time, so the client reads its answer instead of a
+      // reset, and a peer that never closes its side cannot keep the socket open.
+      lingeringClose(socket);
     } catch {
       socket.destroy();
     }

@@ -1,5 +1,6 @@
 import { ConfigError } from './errors';
 import type { StackConfig } from './create-stack';
+import type { AuthOptions } from '../middleware/auth';
 
 /**
  * Reads REDIS_URL, JWT_SECRET, JWT_PUBLIC_KEY, API_KEYS (JSON array), CORS_ORIGINS (JSON array or
@@ -18,7 +19,7 @@ export function configFromEnv(env: Record<string, string | undefined> = process.
   if (Object.keys(logger).length > 0) config.logger = logger;
   if (env.NODE_ENV === 'production') config.errorNormalizer = { expose: false };
 
-  const auth: Record<string, unknown> = {};
+  const auth: AuthOptions = {};
   if (env.JWT_SECRET || env.JWT_PUBLIC_KEY) {
     auth.jwt = env.JWT_PUBLIC_KEY
       ? { publicKey: env.JWT_PUBLIC_KEY.replace(/\\n/g, '\n') }
@@ -32,16 +33,17 @@ export function configFromEnv(env: Record<string, string | undefined> = process.
       throw new ConfigError('API_KEYS', 'expected a JSON array like [{"key":"sk-…","name":"Production","tier":"pro"}]');
     }
     if (!Array.isArray(keys)) throw new ConfigError('API_KEYS', 'expected a JSON array of { key | hash, name, tier, userId?, expiresAt? }');
-    auth.apiKeys = keys;
+    // Each entry is checked by auth() at setup, naming the bad field.
+    auth.apiKeys = keys as AuthOptions['apiKeys'];
   }
   if (Object.keys(auth).length > 0) config.auth = auth;
 
   if (env.CORS_ORIGINS) {
     const raw = env.CORS_ORIGINS.trim();
-    let origins: unknown;
+    let origins: string[];
     if (raw.startsWith('[')) {
       try {
-        origins = JSON.parse(raw);
+        origins = JSON.parse(raw) as string[];
       } catch {
         throw new ConfigError('CORS_ORIGINS', 'expected a JSON array or a comma-separated list of origins');
       }

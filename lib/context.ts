@@ -2,6 +2,7 @@ import '../types/express-augment';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import type { Request } from 'express';
 import { detectDevice, type Device } from './device';
+import { canonicalClientAddress } from './ip-list';
 import { defaultLogger, type Logger } from './logger';
 import { setIdentity } from './request-slots';
 
@@ -49,10 +50,14 @@ export class RequestContext {
     this.baseLogger = logger;
   }
 
-  /** Client IP as Express sees it (`req.ip`, so `trust proxy` applies), computed on first read only. */
+  /**
+   * Client IP as Express sees it (`req.ip`, so `trust proxy` applies) in canonical form (no port,
+   * brackets or zone id; IPv4-mapped IPv6 as IPv4), computed on first read only. Undefined when
+   * the address cannot be parsed: see `clientIp` in lib/client-ip.
+   */
   get ip(): string | undefined {
     if (!this.ipRead) {
-      this.ipValue = this.req.ip;
+      this.ipValue = canonicalClientAddress(this.req.ip);
       this.ipRead = true;
     }
     return this.ipValue;

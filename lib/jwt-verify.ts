@@ -1,30 +1,46 @@
 import { createHash, createPublicKey, createSecretKey, KeyObject } from 'node:crypto';
-import jwt, { type Algorithm, type Jwt, type JwtHeader, type JwtPayload, type VerifyOptions } from 'jsonwebtoken';
+import { decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTVerifyOptions } from 'jose';
 import { LRUCache } from 'lru-cache';
 import { ConfigError } from './errors';
+import { defaultLogger, type Logger } from './logger';
 import { checkOptions } from './options';
 import { describe, parseDuration } from './units';
+import { ASYMMETRIC, checkAlgorithms, defaultAlgorithm, isHmac, keyMisfit, keyName, type JwtAlgorithm } from './jwt/algorithms';
+import { hookResolver, type GetKey, type KeyResolver } from './jwt/key-hook';
+import { checkProtocol, RemoteKeySet } from './jwt/remote-key-set';
+import type { JwtClaims, JwtHeader } from './jwt/types';
 
-/** Key material a `getKey` hook may return: a PEM string, a Buffer or a KeyObject (a secret string for HS algorithms). */
-export type JwtKeyMaterial = string | Buffer | KeyObject;
+export type { JwtAlgorithm } from './jwt/algorithms';
+export type { JwtClaims, JwtHeader, JwtKeyMaterial } from './jwt/types';
+export { KeySourceUnavailable } from './jwt/key-hook';
 
-/** Options of JWT verification (`auth.jwt`). */
+/** Options of JWT verification (`auth.jwt`). Give one key source: `secret`, `publicKey`, `jwksUri`, `discovery` or `getKey`. */
 export interface JwtOptions {
   /** HMAC secret (HS256/384/512). Defaults to `JWT_SECRET` when no key source is given. */
   secret?: string | Buffer;
-  /** PEM public key (RS*, PS*, ES*). Defaults to `JWT_PUBLIC_KEY` when no key source is given. */
+  /** PEM public key (RS*, PS*, ES*, EdDSA with Ed25519). Defaults to `JWT_PUBLIC_KEY` when no key source is given. */
   publicKey?: string | Buffer | KeyObject;
-  /** Key per token header (`kid`) for key rotation, JWKS style; `null` means unknown key (401). Defaults to none. */
-  getKey?: (header: JwtHeader) => Promise<JwtKeyMaterial | null | undefined> | JwtKeyMaterial | null | undefined;
-  /** Accepted algorithms; 'none' is always refused, HS* never with a public key. Defaults to ['HS256'] with a secret, the key's own (RS256, PS256, ES256…) with a public key. */
-  algorithms?: Algorithm[];
-  /** Accepted `iss` value(s). Defaults to any issuer. */
+  /** URL of the identity provider's JSON Web Key Set; its keys are fetched, cached and refreshed (RS*, PS*, ES*, EdDSA; never HS*). Must be https in production, except on localhost. Defaults to none. */
+  jwksUri?: string | URL;
+  /** Read `jwks_uri` from `<issuer>/.well-known/openid-configuration` (OpenID Connect Discovery); needs `issuer`. Defaults to false. */
+  discovery?: boolean;
+  /** Least time between two fetches of the key set caused by tokens (an unknown `kid`, a stale set), as a duration; at least '1s'. Defaults to '30s'. */
+  jwksCooldown?: string | number;
+  /** Longest a key set (or discovery) fetch may take, as a duration. Defaults to '5s'. */
+  jwksTimeout?: string | number;
+  /** Age after which the key set is fetched again in the background (keys the provider withdrew stop verifying), as a duration. Defaults to '10m'. */
+  jwksMaxAge?: string | number;
+  /** Key per token header (`kid`) from your own store; return `null`/`undefined` for "no such key" (401); a throw answers 503. Defaults to none. */
+  getKey?: GetKey;
+  /** Accepted algorithms; 'none' is always refused, HS* never with a public key or a key set. Defaults to ['HS256'] with a secret, the key's own (RS256, PS256, ES256, EdDSA…) with a public key, each key's own `alg` with a key set. */
+  algorithms?: JwtAlgorithm[];
+  /** Accepted `iss` value(s); exactly one with `discovery`. Defaults to any issuer. */
   issuer?: string | string[];
   /** Accepted `aud` value(s). Defaults to any audience. */
   audience?: string | RegExp | Array<string | RegExp>;
   /** Leeway for `exp` and `nbf` against clock skew, as a duration. Defaults to '5s'. */
   clockTolerance?: string | number;
-  /** Refuse tokens without an `exp` claim. Defaults to false (a token without `exp` is accepted, as jsonwebtoken does). */
+  /** Refuse tokens without an `exp` claim. Defaults to false (a token without `exp` is accepted). */
   requireExp?: boolean;
   /** Verified tokens remembered (by SHA-256 of the token, never past their `exp`) so a repeated token skips the signature check. Defaults to 1000; 0 turns it off. */
   cacheSize?: number;
@@ -35,6 +51,11 @@ export interface JwtOptions {
 const JWT_KEYS = [
   'secret',
   'publicKey',
+  'jwksUri',
+  'discovery',
+  'jwksCooldown',
+  'jwksTimeout',
+  'jwksMaxAge',
   'getKey',
   'algorithms',
   'issuer',
@@ -57,7 +78,7 @@ export type JwtFailureReason =
   | 'invalid_claims'
   | 'unknown_key';
 
-/** A refused credential (401), as opposed to a failure of the server (500). */
+/** A refused credential (401), as opposed to a failure of the server (5xx). */
 export class AuthFailure extends Error {
   readonly reason: string;
   constructor(reason: string, detail?: string) {
@@ -67,39 +88,55 @@ export class AuthFailure extends Error {
   }
 }
 
-/** Verifies tokens; synchronous with a static key, a promise with `getKey`. Throws or rejects with {@link AuthFailure} for a refused token. */
+/**
+ * Verifies tokens. Resolves with the claims; rejects with {@link AuthFailure} for a refused token
+ * (401) or {@link KeySourceUnavailable} when its key cannot be had now (503). A token verified
+ * recently is answered synchronously from the cache.
+ */
 export interface JwtVerifier {
-  verify(token: string): JwtPayload | Promise<JwtPayload>;
+  verify(token: string): JwtClaims | Promise<JwtClaims>;
   /** The secret is shorter than 32 bytes (brute-forceable offline from one token). */
   readonly weakSecret: boolean;
-  /** The algorithms accepted, after defaults. */
-  readonly algorithms: readonly Algorithm[];
+  /** The algorithms a token may name, after defaults (with a key set: those its keys may use). */
+  readonly algorithms: readonly JwtAlgorithm[];
 }
 
-const HS: readonly string[] = ['HS256', 'HS384', 'HS512'];
-const RSA: readonly string[] = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'];
-const EC: readonly string[] = ['ES256', 'ES384', 'ES512'];
 const SAFE_ALG = /^[A-Za-z0-9]{1,10}$/;
-const CURVE_ALG: Record<string, string> = { prime256v1: 'ES256', secp384r1: 'ES384', secp521r1: 'ES512' };
+const LOOPBACK = new Set(['localhost', '127.0.0.1', '[::1]']);
+const MIN_COOLDOWN_MS = 1000;
 
 /**
  * Builds the verifier from `auth.jwt` (falling back on `JWT_PUBLIC_KEY` / `JWT_SECRET`), deciding
- * everything at setup: the key object, the algorithm allow list and the verify options.
- * Returns undefined when JWTs are off (`false`, or no key source anywhere).
+ * everything at setup: the key or where keys come from, the algorithm allow list and the claim
+ * checks. Returns undefined when JWTs are off (`false`, or no key source anywhere).
  */
 export function createJwtVerifier(
   input: JwtOptions | false | undefined,
   clock: () => number,
   env: Record<string, string | undefined> = process.env,
+  logger?: Logger,
 ): JwtVerifier | undefined {
   if (input === false) return undefined;
   const options = { ...checkOptions('auth.jwt', input, JWT_KEYS) };
-  const sources = (['secret', 'publicKey', 'getKey'] as const).filter((k) => options[k] !== undefined);
+  if (options.discovery !== undefined && typeof options.discovery !== 'boolean') {
+    throw new ConfigError('auth.jwt.discovery', `expected true or false, got ${describe(options.discovery)}`);
+  }
+  const sources = (['secret', 'publicKey', 'jwksUri', 'getKey'] as const).filter((k) => options[k] !== undefined) as string[];
+  if (options.discovery === true) sources.push('discovery');
   if (sources.length > 1) {
     throw new ConfigError(
       'auth.jwt',
-      `give one key source, not ${sources.join(' and ')}: 'secret' for HS*, 'publicKey' for RS*/PS*/ES*, or 'getKey' for rotating keys`,
+      `give one key source, not ${sources.join(' and ')}: 'secret' for HS*, 'publicKey' for RS*/PS*/ES*/EdDSA, 'jwksUri' (or discovery: true with 'issuer') for an identity provider's rotating keys, or 'getKey' for your own lookup`,
     );
+  }
+  const remote = sources[0] === 'jwksUri' || sources[0] === 'discovery';
+  for (const option of ['jwksCooldown', 'jwksTimeout', 'jwksMaxAge'] as const) {
+    if (options[option] !== undefined && !remote) {
+      throw new ConfigError(
+        `auth.jwt.${option}`,
+        "applies to key sets only; give 'jwksUri' (or discovery: true with 'issuer'), or remove it",
+      );
+    }
   }
   if (sources.length === 0) {
     if (env.JWT_PUBLIC_KEY) options.publicKey = env.JWT_PUBLIC_KEY.replace(/\\n/g, '\n');
@@ -108,23 +145,27 @@ export function createJwtVerifier(
     else
       throw new ConfigError(
         'auth.jwt',
-        'needs a key: { secret } for HS256, { publicKey } for RS256/ES256, { getKey } for rotating keys, or JWT_SECRET / JWT_PUBLIC_KEY in the environment',
+        'needs a key: { secret } for HS256, { publicKey } for RS256/ES256/EdDSA, { jwksUri } or { issuer, discovery: true } for an identity provider, { getKey } for your own lookup, or JWT_SECRET / JWT_PUBLIC_KEY in the environment',
       );
   }
 
-  let key: KeyObject | undefined;
+  let staticKey: KeyObject | undefined;
+  let resolveKey: KeyResolver | undefined;
   let algorithms: string[];
   let weakSecret = false;
   const given = options.algorithms === undefined ? undefined : checkAlgorithms(options.algorithms);
+  const issuer = options.issuer === undefined ? undefined : checkStrings(options.issuer, 'auth.jwt.issuer');
+  const setupLogger = logger ?? defaultLogger();
+
   if (options.secret !== undefined) {
     const secret = options.secret;
     if ((typeof secret !== 'string' && !Buffer.isBuffer(secret)) || secret.length === 0) {
       throw new ConfigError('auth.jwt.secret', `expected a non-empty string or Buffer (32 bytes or more), got ${describe(secret)}`);
     }
-    key = createSecretKey(typeof secret === 'string' ? Buffer.from(secret, 'utf8') : secret);
-    weakSecret = key.symmetricKeySize !== undefined && key.symmetricKeySize < 32;
+    staticKey = createSecretKey(typeof secret === 'string' ? Buffer.from(secret, 'utf8') : secret);
+    weakSecret = staticKey.symmetricKeySize !== undefined && staticKey.symmetricKeySize < 32;
     algorithms = given ?? ['HS256'];
-    const asymmetric = algorithms.filter((a) => !HS.includes(a));
+    const asymmetric = algorithms.filter((a) => !isHmac(a));
     if (asymmetric.length > 0) {
       throw new ConfigError(
         'auth.jwt.algorithms',
@@ -132,17 +173,76 @@ export function createJwtVerifier(
       );
     }
   } else if (options.publicKey !== undefined) {
-    key = toPublicKey(options.publicKey);
-    algorithms = given ?? [defaultAlgorithm(key)];
+    staticKey = toPublicKey(options.publicKey);
+    const own = defaultAlgorithm(staticKey);
+    if (own === undefined) {
+      throw new ConfigError(
+        'auth.jwt.publicKey',
+        `${keyName(staticKey)} is not supported; use an RSA key, an EC key on P-256, P-384 or P-521, or an Ed25519 key`,
+      );
+    }
+    algorithms = given ?? [own];
     for (const alg of algorithms) {
-      if (HS.includes(alg)) {
+      if (isHmac(alg)) {
         throw new ConfigError(
           'auth.jwt.algorithms',
           `'${alg}' with a public key is refused: anyone holding the public key could sign HMAC tokens with it (HS/RS confusion); list asymmetric algorithms such as 'RS256', or configure 'secret' instead`,
         );
       }
-      checkKeyFits(key, alg);
+      const misfit = keyMisfit(staticKey, alg);
+      if (misfit !== undefined) {
+        throw new ConfigError(
+          'auth.jwt.algorithms',
+          `'${alg}' cannot be verified with ${misfit}; list the algorithm the key was made for ('${own}')`,
+        );
+      }
     }
+  } else if (remote) {
+    if (given?.some(isHmac)) {
+      throw new ConfigError(
+        'auth.jwt.algorithms',
+        `${given.filter(isHmac).join(', ')} with a key set is refused: a JWKS is public, so an HMAC key in it would let anyone sign tokens; list asymmetric algorithms (RS256, PS256, ES256, EdDSA) or leave 'algorithms' out to take each key's own`,
+      );
+    }
+    algorithms = given ?? [...ASYMMETRIC];
+    const httpsRequired = (url: URL): boolean => env.NODE_ENV === 'production' && !LOOPBACK.has(url.hostname);
+    const cooldownMs = parseDuration(options.jwksCooldown ?? '30s', 'auth.jwt.jwksCooldown');
+    if (cooldownMs < MIN_COOLDOWN_MS) {
+      throw new ConfigError(
+        'auth.jwt.jwksCooldown',
+        `must be at least '1s', got ${describe(options.jwksCooldown)}: it is what keeps tokens with forged kids from each causing a request to the identity provider`,
+      );
+    }
+    const timeoutMs = parseDuration(options.jwksTimeout ?? '5s', 'auth.jwt.jwksTimeout');
+    if (timeoutMs <= 0) throw new ConfigError('auth.jwt.jwksTimeout', `must be more than 0, got ${describe(options.jwksTimeout)}`);
+    const maxAgeMs = parseDuration(options.jwksMaxAge ?? '10m', 'auth.jwt.jwksMaxAge');
+    if (maxAgeMs <= 0) throw new ConfigError('auth.jwt.jwksMaxAge', `must be more than 0, got ${describe(options.jwksMaxAge)}`);
+    let jwksUri: URL | undefined;
+    let discoverFrom: string | undefined;
+    if (options.jwksUri !== undefined) {
+      jwksUri = setupUrl(options.jwksUri, 'auth.jwt.jwksUri', 'https://id.example.com/.well-known/jwks.json', httpsRequired);
+    } else {
+      if (typeof issuer !== 'string') {
+        throw new ConfigError(
+          'auth.jwt.discovery',
+          `needs exactly one 'issuer' (the provider's URL, e.g. 'https://id.example.com/'): the key set's URL is read from <issuer>/.well-known/openid-configuration${issuer === undefined ? '' : '; got several'}`,
+        );
+      }
+      setupUrl(issuer, 'auth.jwt.issuer', 'https://id.example.com/', httpsRequired);
+      discoverFrom = issuer;
+    }
+    const keySet = new RemoteKeySet({
+      jwksUri,
+      discoverFrom,
+      cooldownMs,
+      timeoutMs,
+      maxAgeMs,
+      algorithms: given,
+      httpsRequired,
+      clock,
+      logger: setupLogger,
+    });
+    resolveKey = keySet.resolve;
   } else {
     if (typeof options.getKey !== 'function')
       throw new ConfigError('auth.jwt.getKey', `expected a function (header) => key, got ${describe(options.getKey)}`);
@@ -153,142 +253,92 @@ export function createJwtVerifier(
       );
     }
     algorithms = given;
-    if (algorithms.some((a) => HS.includes(a)) && algorithms.some((a) => !HS.includes(a))) {
+    if (algorithms.some(isHmac) && !algorithms.every(isHmac)) {
       throw new ConfigError(
         'auth.jwt.algorithms',
         `mixes HMAC and asymmetric algorithms (${algorithms.join(', ')}); with getKey list one family, so a public key can never be used as an HMAC secret`,
       );
     }
+    resolveKey = hookResolver(options.getKey, algorithms.every(isHmac), setupLogger);
   }
 
   const toleranceMs = parseDuration(options.clockTolerance ?? '5s', 'auth.jwt.clockTolerance');
-  const verifyOptions: VerifyOptions = { algorithms: algorithms as Algorithm[], clockTolerance: toleranceMs / 1000 };
-  if (options.issuer !== undefined)
-    verifyOptions.issuer = checkStrings(options.issuer, 'auth.jwt.issuer') as string | [string, ...string[]];
-  if (options.audience !== undefined) verifyOptions.audience = checkAudience(options.audience);
+  const audienceOk = options.audience === undefined ? undefined : audienceMatcher(options.audience);
   if (options.requireExp !== undefined && typeof options.requireExp !== 'boolean') {
     throw new ConfigError('auth.jwt.requireExp', `expected true or false, got ${describe(options.requireExp)}`);
   }
-  const requireExp = options.requireExp ?? false;
+  const claimChecks: JWTVerifyOptions = { clockTolerance: toleranceMs / 1000 };
+  if (issuer !== undefined) claimChecks.issuer = issuer;
+  if (options.requireExp === true) claimChecks.requiredClaims = ['exp'];
   const cacheSize = options.cacheSize ?? 1000;
   if (typeof cacheSize !== 'number' || !Number.isInteger(cacheSize) || cacheSize < 0) {
     throw new ConfigError('auth.jwt.cacheSize', `expected a whole number of tokens (0 turns the cache off), got ${describe(cacheSize)}`);
   }
   const cacheTtlMs = parseDuration(options.cacheTtl ?? '30s', 'auth.jwt.cacheTtl');
-  // jsonwebtoken reads Date.now() itself; pass the injected clock only when there is one.
-  const ownClock = clock !== Date.now;
-  const optionsAt = (nowMs: number): VerifyOptions =>
-    ownClock ? { ...verifyOptions, clockTimestamp: Math.floor(nowMs / 1000) } : verifyOptions;
   const cache =
-    cacheSize > 0 && cacheTtlMs > 0 ? new LRUCache<string, { payload: JwtPayload; until: number }>({ max: cacheSize }) : undefined;
+    cacheSize > 0 && cacheTtlMs > 0 ? new LRUCache<string, { payload: JwtClaims; until: number }>({ max: cacheSize }) : undefined;
 
-  const verifyWith = (token: string, keyObject: KeyObject, nowMs: number): JwtPayload => {
-    let payload: string | JwtPayload;
+  const verifyWith = async (token: string, key: KeyObject, accepted: string[], nowMs: number): Promise<JwtClaims> => {
+    let payload: JwtClaims;
     try {
-      payload = jwt.verify(token, keyObject, optionsAt(nowMs)) as string | JwtPayload;
+      ({ payload } = await jwtVerify(token, key, { ...claimChecks, algorithms: accepted, currentDate: new Date(nowMs) }));
     } catch (err) {
       throw toFailure(err);
     }
-    if (typeof payload !== 'object' || payload === null) throw new AuthFailure('malformed', 'the token payload is not a JSON object');
-    if (requireExp && typeof payload.exp !== 'number') throw new AuthFailure('invalid_claims', 'the token has no exp claim');
+    if (audienceOk !== undefined && !audienceOk(payload.aud))
+      throw new AuthFailure('invalid_audience', 'the token audience is not accepted');
     // Frozen: the same object may serve every request that repeats the token (the cache below).
     return Object.freeze(payload);
   };
 
+  const verifyFresh =
+    staticKey !== undefined
+      ? (token: string, nowMs: number): Promise<JwtClaims> => verifyWith(token, staticKey!, algorithms, nowMs)
+      : async (token: string, nowMs: number): Promise<JwtClaims> => {
+          const header = readHeader(token);
+          const alg = header.alg;
+          // Refuse a disallowed alg before looking for a key: neither the hook nor the identity
+          // provider ever sees a token we would not accept.
+          if (!algorithms.includes(alg)) {
+            throw new AuthFailure('invalid_algorithm', `alg ${SAFE_ALG.test(alg) ? alg : '(unreadable)'} is not accepted`);
+          }
+          const key = await resolveKey!(header);
+          if (key === undefined) throw new AuthFailure('unknown_key', 'no key is known for the token header (kid and alg)');
+          const misfit = keyMisfit(key, alg);
+          if (misfit !== undefined)
+            throw new AuthFailure('invalid_algorithm', `the key for the token is ${misfit}, which cannot verify ${alg}`);
+          return verifyWith(token, key, [alg], nowMs);
+        };
+
   // The cache key is a digest, so the memory holds no usable token; an entry never outlives the
   // token's own exp (plus the tolerance), so expiry is honoured exactly as without the cache.
-  const remember = (digest: string, payload: JwtPayload, nowMs: number): void => {
+  const remember = (digest: string, payload: JwtClaims, nowMs: number): JwtClaims => {
     let until = nowMs + cacheTtlMs;
     if (typeof payload.exp === 'number') until = Math.min(until, payload.exp * 1000 + toleranceMs);
     if (until > nowMs) cache!.set(digest, { payload, until });
+    return payload;
   };
 
-  let verify: (token: string) => JwtPayload | Promise<JwtPayload>;
-  if (key !== undefined) {
-    const staticKey = key;
-    verify = function verifyToken(token) {
-      const nowMs = clock();
-      if (cache === undefined) return verifyWith(token, staticKey, nowMs);
-      const digest = createHash('sha256').update(token).digest('base64');
-      const hit = cache.get(digest);
-      if (hit !== undefined && hit.until > nowMs) return hit.payload;
-      const payload = verifyWith(token, staticKey, nowMs);
-      remember(digest, payload, nowMs);
-      return payload;
-    };
-  } else {
-    const getKey = options.getKey!;
-    const hmac = algorithms.every((a) => HS.includes(a));
-    const keyObjects = new LRUCache<string, KeyObject>({ max: 100 });
-    const toKeyObject = (material: JwtKeyMaterial): KeyObject => {
-      if (material instanceof KeyObject) return material;
-      const id = typeof material === 'string' ? material : undefined;
-      const known = id !== undefined ? keyObjects.get(id) : undefined;
-      if (known !== undefined) return known;
-      let made: KeyObject;
-      try {
-        made = hmac ? createSecretKey(typeof material === 'string' ? Buffer.from(material, 'utf8') : material) : createPublicKey(material);
-      } catch (err) {
-        // The hook gave unusable key material: a server fault (500), not the client's.
-        throw new Error(
-          `auth.jwt.getKey returned key material that is not a valid ${hmac ? 'secret' : 'public key'}: ${(err as Error).message}`,
-        );
-      }
-      if (id !== undefined) keyObjects.set(id, made);
-      return made;
-    };
-    verify = async function verifyTokenWithKeyHook(token) {
-      const nowMs = clock();
-      const digest = cache === undefined ? undefined : createHash('sha256').update(token).digest('base64');
-      if (digest !== undefined) {
-        const hit = cache!.get(digest);
-        if (hit !== undefined && hit.until > nowMs) return hit.payload;
-      }
-      let decoded: Jwt | null;
-      try {
-        decoded = jwt.decode(token, { complete: true });
-      } catch {
-        decoded = null;
-      }
-      if (decoded === null || typeof decoded.header !== 'object') throw new AuthFailure('malformed', 'jwt malformed');
-      // Refuse a disallowed alg before the hook runs: the hook never sees tokens we would not accept.
-      if (!algorithms.includes(decoded.header.alg))
-        throw new AuthFailure(
-          'invalid_algorithm',
-          `alg ${SAFE_ALG.test(String(decoded.header.alg)) ? decoded.header.alg : '(unreadable)'} is not accepted`,
-        );
-      const material = await getKey(decoded.header);
-      if (material === null || material === undefined) throw new AuthFailure('unknown_key', 'getKey found no key for the token header');
-      const payload = verifyWith(token, toKeyObject(material), nowMs);
-      if (digest !== undefined) remember(digest, payload, nowMs);
-      return payload;
-    };
-  }
-  return { verify, weakSecret, algorithms: algorithms as Algorithm[] };
+  const verify = function verifyToken(token: string): JwtClaims | Promise<JwtClaims> {
+    const nowMs = clock();
+    if (cache === undefined) return verifyFresh(token, nowMs);
+    const digest = createHash('sha256').update(token).digest('base64');
+    const hit = cache.get(digest);
+    if (hit !== undefined && hit.until > nowMs) return hit.payload;
+    return verifyFresh(token, nowMs).then((payload) => remember(digest, payload, nowMs));
+  };
+  return { verify, weakSecret, algorithms: algorithms as JwtAlgorithm[] };
 }
 
-function checkAlgorithms(value: unknown): string[] {
-  if (!Array.isArray(value) || value.length === 0) {
-    throw new ConfigError('auth.jwt.algorithms', `expected a non-empty array like ['HS256'] or ['RS256'], got ${describe(value)}`);
+function readHeader(token: string): JwtHeader {
+  let header: Record<string, unknown>;
+  try {
+    header = decodeProtectedHeader(token) as Record<string, unknown>;
+  } catch {
+    throw new AuthFailure('malformed', 'the token header could not be decoded');
   }
-  for (const alg of value) {
-    if (typeof alg === 'string' && alg.toLowerCase() === 'none') {
-      throw new ConfigError(
-        'auth.jwt.algorithms',
-        "'none' accepts unsigned tokens that anyone can forge and is always refused; list signing algorithms such as 'HS256' or 'RS256'",
-      );
-    }
-    if (alg === 'EdDSA') {
-      throw new ConfigError('auth.jwt.algorithms', "'EdDSA' is not supported by jsonwebtoken 9; use ES256 (P-256) or RS256 keys");
-    }
-    if (typeof alg !== 'string' || (!HS.includes(alg) && !RSA.includes(alg) && !EC.includes(alg))) {
-      throw new ConfigError(
-        'auth.jwt.algorithms',
-        `unknown algorithm ${describe(alg)}; expected some of ${[...HS, ...RSA, ...EC].join(', ')}`,
-      );
-    }
-  }
-  return [...new Set(value as string[])];
+  if (typeof header.alg !== 'string') throw new AuthFailure('malformed', 'the token header has no alg');
+  return header as JwtHeader;
 }
 
 function toPublicKey(value: unknown): KeyObject {
@@ -312,32 +362,22 @@ function toPublicKey(value: unknown): KeyObject {
   }
 }
 
-function defaultAlgorithm(key: KeyObject): string {
-  const type = key.asymmetricKeyType;
-  if (type === 'rsa') return 'RS256';
-  if (type === 'rsa-pss') return 'PS256';
-  if (type === 'ec') {
-    const alg = CURVE_ALG[key.asymmetricKeyDetails?.namedCurve ?? ''];
-    if (alg !== undefined) return alg;
+function setupUrl(value: unknown, option: string, example: string, httpsRequired: (url: URL) => boolean): URL {
+  let url: URL;
+  try {
+    url = new URL(value instanceof URL ? value.href : (value as string));
+  } catch {
+    throw new ConfigError(option, `expected an absolute URL like '${example}', got ${describe(value)}`);
   }
-  throw new ConfigError(
-    'auth.jwt.publicKey',
-    `a ${type ?? 'unknown'} key${type === 'ec' ? ` on curve ${key.asymmetricKeyDetails?.namedCurve}` : ''} is not supported; use an RSA key or an EC key on P-256, P-384 or P-521`,
-  );
-}
-
-function checkKeyFits(key: KeyObject, alg: string): void {
-  const type = key.asymmetricKeyType;
-  const fits = RSA.includes(alg)
-    ? type === 'rsa' || (type === 'rsa-pss' && alg.startsWith('PS'))
-    : type === 'ec' && CURVE_ALG[key.asymmetricKeyDetails?.namedCurve ?? ''] === alg;
-  if (!fits) {
-    const what = type === 'ec' ? `an EC key on ${key.asymmetricKeyDetails?.namedCurve}` : `a ${type} key`;
+  try {
+    checkProtocol(url, httpsRequired, 'it');
+  } catch (err) {
     throw new ConfigError(
-      'auth.jwt.algorithms',
-      `'${alg}' cannot be verified with ${what}; list the algorithm the key was made for${type === 'ec' || type === 'rsa' || type === 'rsa-pss' ? ` ('${defaultAlgorithm(key)}')` : ''}`,
+      option,
+      `${(err as Error).message}; use the provider's https URL (NODE_ENV=production refuses plain http, which lets anyone on the path swap the keys)`,
     );
   }
+  return url;
 }
 
 function checkStrings(value: unknown, option: string): string | string[] {
@@ -346,32 +386,34 @@ function checkStrings(value: unknown, option: string): string | string[] {
   throw new ConfigError(option, `expected a string or a non-empty array of strings, got ${describe(value)}`);
 }
 
-function checkAudience(value: unknown): string | RegExp | [string | RegExp, ...(string | RegExp)[]] {
+/** Compiles `audience` into a check of a token's `aud` (a string or an array: one match suffices). */
+function audienceMatcher(value: unknown): (aud: unknown) => boolean {
   const ok = (v: unknown): boolean => (typeof v === 'string' && v !== '') || v instanceof RegExp;
-  if (ok(value)) return value as string | RegExp;
-  if (Array.isArray(value) && value.length > 0 && value.every(ok)) return value as [string | RegExp, ...(string | RegExp)[]];
-  throw new ConfigError('auth.jwt.audience', `expected a string, a RegExp or a non-empty array of them, got ${describe(value)}`);
+  const list = Array.isArray(value) ? value : [value];
+  if (list.length === 0 || !list.every(ok)) {
+    throw new ConfigError('auth.jwt.audience', `expected a string, a RegExp or a non-empty array of them, got ${describe(value)}`);
+  }
+  const names = new Set(list.filter((v): v is string => typeof v === 'string'));
+  // Without the g and y flags, test() keeps no lastIndex between tokens.
+  const patterns = list.filter((v): v is RegExp => v instanceof RegExp).map((r) => new RegExp(r.source, r.flags.replace(/[gy]/g, '')));
+  return (aud) => {
+    const given: unknown[] = Array.isArray(aud) ? aud : [aud];
+    return given.some((a) => typeof a === 'string' && (names.has(a) || patterns.some((p) => p.test(a))));
+  };
 }
 
-// jsonwebtoken says what failed only in its messages; they are stable across v9.
-function toFailure(err: unknown): AuthFailure {
-  if (err instanceof jwt.TokenExpiredError) return new AuthFailure('expired', err.message);
-  if (err instanceof jwt.NotBeforeError) return new AuthFailure('not_before', err.message);
-  const message = err instanceof Error ? err.message : String(err);
-  if (err instanceof jwt.JsonWebTokenError) {
-    if (message === 'invalid signature') return new AuthFailure('invalid_signature', message);
-    if (
-      message === 'invalid algorithm' ||
-      message === 'jwt signature is required' ||
-      message.startsWith('please specify "none"') ||
-      message.startsWith('secretOrPublicKey must be')
-    ) {
-      return new AuthFailure('invalid_algorithm', message);
-    }
-    if (message.startsWith('jwt audience invalid')) return new AuthFailure('invalid_audience', message);
-    if (message.startsWith('jwt issuer invalid')) return new AuthFailure('invalid_issuer', message);
+// jose names what failed by class and claim; its messages never quote the token.
+function toFailure(err: unknown): unknown {
+  if (err instanceof joseErrors.JWTExpired) return new AuthFailure('expired', err.message);
+  if (err instanceof joseErrors.JWTClaimValidationFailed) {
+    if (err.claim === 'iss') return new AuthFailure('invalid_issuer', err.message);
+    if (err.claim === 'aud') return new AuthFailure('invalid_audience', err.message);
+    if (err.claim === 'nbf' && err.reason === 'check_failed') return new AuthFailure('not_before', err.message);
+    return new AuthFailure(err.reason === 'missing' ? 'invalid_claims' : 'malformed', err.message);
   }
-  // Anything else jsonwebtoken (or jws underneath) throws comes from the token's bytes: malformed.
-  // Foreign messages (JSON.parse's) quote the decoded token, so they never reach the log.
-  return new AuthFailure('malformed', err instanceof jwt.JsonWebTokenError ? message : 'the token could not be decoded');
+  if (err instanceof joseErrors.JOSEAlgNotAllowed) return new AuthFailure('invalid_algorithm', err.message);
+  if (err instanceof joseErrors.JWSSignatureVerificationFailed) return new AuthFailure('invalid_signature', 'invalid signature');
+  if (err instanceof joseErrors.JOSEError) return new AuthFailure('malformed', err.message);
+  // Not about the token (a key the checks above let through): the server's fault, left to surface.
+  return err;
 }

@@ -1,3 +1,5 @@
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Request, Response } from 'express';
 import type { Logger } from './logger';
 import type { PerimeterRuntime } from './runtime';
@@ -71,4 +73,78 @@ export function dropLateWrites(req: Request, res: Response, code: WarningCode, l
       return method === 'write' ? true : method === 'removeHeader' ? undefined : this;
     };
   }
+}
+
+/**
+ * How long, and how many bytes, the rest of an unread request body is read and thrown away after
+ * the last response on a connection went out (nginx's lingering close). Reading forever would let
+ * one client hold the connection at will; closing while the client still sends makes its kernel
+ * answer our close with a reset, which can discard the response before the client reads it.
+ */
+export const LINGER_MS = 5000;
+/** See {@link LINGER_MS}: a client that sends faster than this is cut off sooner. */
+export const LINGER_BYTES = 16 * 1024 * 1024;
+
+const lingering = new WeakSet<Duplex>();
+
+/**
+ * Prepares an answer sent before the request body was read (401 from auth, 403, 413, 415, 429,
+ * 503, 504, a 400 or 404 for an upload nobody read): while the body is still arriving, the answer
+ * says `Connection: close`, and once it is out the connection closes cleanly through
+ * {@link lingeringClose}. Keeping the connection alive instead would mean reading a body of any
+ * size at the client's pace (until Node's `requestTimeout`) just to reach its next request.
+ * A request without a body, or whose body is complete, keeps its connection. Call it before the
+ * response head is written; afterwards it does nothing.
+ */
+export function closeIfBodyUnread(req: IncomingMessage, res: ServerResponse): void {
+  if (res.headersSent || req.complete || !hasBody(req)) return;
+  const socket = req.socket;
+  if (socket === null || socket.destroyed) return;
+  res.setHeader('Connection', 'close');
+  // Runs after Node's own 'finish' listener, which was added when the request arrived and has
+  // just asked for the socket to be destroyed as soon as the response is out.
+  res.once('finish', () => lingeringClose(socket, req));
+}
+
+/**
+ * Ends a connection whose last response went out while the client may still be sending: sends
+ * FIN after what is queued, stops parsing (whatever follows is the rest of a refused body, or
+ * requests the client was told not to send), reads and discards the rest for at most
+ * {@link LINGER_MS} and {@link LINGER_BYTES}, and destroys the socket when the client closes its
+ * side or a bound is reached. `req`, when given, is destroyed with the socket, so a reader still
+ * waiting for its body hears that it will not come (Node no longer tracks an answered request).
+ * Calling it again for the same socket does nothing.
+ */
+export function lingeringClose(socket: Duplex, req?: IncomingMessage): void {
+  if (socket.destroyed || lingering.has(socket)) return;
+  lingering.add(socket);
+  // Node closes the last response's connection with socket.destroySoon(): destroy once the FIN
+  // is out, whatever the client is still sending. The lingering close below replaces it.
+  socket.removeListener('finish', socket.destroy);
+  let received = 0;
+  const close = (): void => {
+    clearTimeout(timer);
+    socket.destroy();
+  };
+  const timer = setTimeout(close, LINGER_MS).unref();
+  socket.once('close', () => {
+    clearTimeout(timer);
+    if (req !== undefined && !req.readableEnded && !req.destroyed) req.destroy();
+  });
+  // Node's HTTP parser reads through a 'data' listener once one is added (it is bypassed while
+  // it reads the socket directly); with it gone, later bytes reach no parser.
+  socket.removeAllListeners('data');
+  socket.on('data', (chunk: Buffer) => {
+    received += chunk.length;
+    if (received > LINGER_BYTES) close();
+  });
+  socket.once('end', close);
+  if (socket.writable) socket.end();
+  socket.resume();
+}
+
+/** Whether a request carries a body (RFC 9112 §6.3: Transfer-Encoding, or a Content-Length above 0). */
+function hasBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
 }

@@ -1,4 +1,4 @@
-import { ConfigError, } from './errors';
+import { ConfigError } from './errors';
 
 /**
  * Validates an options object at setup: a plain object (not a request: `app.use(rateLimit)`
@@ -7,13 +7,11 @@ import { ConfigError, } from './errors';
  */
 export function checkOptions<T extends object>(name: string, options: T | undefined, known: readonly string[]): T {
   if (options === undefined || options === null) return {} as T;
+  refuseRequest(name, options);
   if (typeof options !== 'object' || Array.isArray(options)) {
     throw new ConfigError(name, `expected an options object, got ${Array.isArray(options) ? 'an array' : typeof options}`);
   }
   const o = options as Record<string, unknown>;
-  if ('method' in o && 'headers' in o && ('socket' in o || 'url' in o)) {
-    throw new ConfigError(name, `was called with a request instead of options: write app.use(${name}()) with parentheses, not app.use(${name})`);
-  }
   for (const key of Object.keys(o)) {
     if (!known.includes(key)) {
       const near = nearest(key, known);
@@ -21,6 +19,40 @@ export function checkOptions<T extends object>(name: string, options: T | undefi
     }
   }
   return options;
+}
+
+/**
+ * Throws when a factory's first argument is a request: the factory itself was mounted
+ * (`app.use(rateLimit)`) where the middleware it makes belongs (`app.use(rateLimit())`), so
+ * Express calls it with (req, res, next) on every request. `call` is how the fix is written.
+ */
+export function refuseRequest(name: string, value: unknown, call = `${name}()`): void {
+  if (isRequestLike(value)) {
+    throw new ConfigError(name, `was called with a request instead of options: write app.use(${call}) with parentheses, not app.use(${name})`);
+  }
+}
+
+function isRequestLike(value: unknown): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  return 'method' in value && 'headers' in value && ('socket' in value || 'url' in value);
+}
+
+/**
+ * Refuses an Express Router or app, or a middleware `(req, res, next)`, given for an option that
+ * takes a plain callback (`skip`, `key`, `lookup`, …): it would be called with the wrong
+ * arguments on every request, and its answer read as the option's. `expected` is the callback's
+ * shape for the message, like `(req) => boolean`.
+ */
+export function checkCallback(option: string, value: unknown, expected: string): void {
+  if (typeof value !== 'function') return;
+  const fn = value as { length: number; handle?: unknown; use?: unknown; stack?: unknown };
+  const fix = `the option is called with ${expected.slice(0, expected.indexOf(')') + 1)} and its return value is used; mount middleware with app.use() instead`;
+  if (typeof fn.handle === 'function' && typeof fn.use === 'function') {
+    throw new ConfigError(option, `expected a function ${expected}, got an Express ${Array.isArray(fn.stack) ? 'Router' : 'app'}: ${fix}`);
+  }
+  if (fn.length >= 3) {
+    throw new ConfigError(option, `expected a function ${expected}, got a function of ${fn.length} parameters, a middleware (req, res, next): ${fix}`);
+  }
 }
 
 /** The known key closest to `key` (edit distance at most a third of its length), if any. */

@@ -1,22 +1,25 @@
 import type { RequestHandler } from 'express';
+import type { StackConfig } from './create-stack';
 import type { PerimeterRuntime } from './runtime';
-import { auth, type AuthOptions } from '../middleware/auth';
-import { createAuditLog, type AuditLogOptions } from '../middleware/audit-log';
+import { auth } from '../middleware/auth';
+import { createAuditLog } from '../middleware/audit-log';
 import { bodyParser } from '../middleware/body-parser';
-import { createCache, type CacheOptions } from '../middleware/cache';
-import { createCircuitBreaker, type CircuitBreakerOptions } from '../middleware/circuit-breaker';
+import { createCache } from '../middleware/cache';
+import { createCircuitBreaker } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
-import { credits, type CreditsOptions } from '../middleware/credits';
-import { createFeatureFlags, type FeatureFlagsOptions } from '../middleware/feature-flags';
-import { rateLimit, type RateLimitOptions } from '../middleware/rate-limit';
-import { createIpFilter, type IpFilterOptions } from '../middleware/ip-filter';
-import { createMetrics, type MetricsOptions } from '../middleware/metrics';
+import { credits } from '../middleware/credits';
+import { createHealth } from '../middleware/health';
+import { createFeatureFlags } from '../middleware/feature-flags';
+import { rateLimit } from '../middleware/rate-limit';
+import { stackIdempotency } from '../middleware/idempotency';
+import { createIpFilter } from '../middleware/ip-filter';
+import { createMetrics } from '../middleware/metrics';
 import { requestId } from '../middleware/request-id';
 import { requestLogger } from '../middleware/request-logger';
-import { sanitize, type SanitizeOptions } from '../middleware/sanitize';
+import { sanitize } from '../middleware/sanitize';
 import { securityHeaders } from '../middleware/security-headers';
-import { sizeLimitCeiling, stackSizeLimit, type SizeLimitOptions } from '../middleware/size-limit';
-import { tenant, type TenantOptions } from '../middleware/tenant';
+import { sizeLimitCeiling, stackSizeLimit } from '../middleware/size-limit';
+import { tenant } from '../middleware/tenant';
 import { timeout } from '../middleware/timeout';
 
 /** A middleware as createStack builds it; run-time methods (block, invalidate…) hang off the handler. */
@@ -37,27 +40,28 @@ export interface StackExtra {
 export interface EntryContext {
   runtime: PerimeterRuntime;
   /** The whole stack config, for entries that read a neighbour's options (bodyParser reads sizeLimit.max). */
-  config: Record<string, unknown>;
+  config: StackConfig;
 }
 
-/** One named place of the documented order. */
-export interface StackEntry {
+/** One named place of the documented order; `O` is its options type in {@link StackConfig}. */
+export interface StackEntry<O = unknown> {
   name: string;
   /** On when the config does not mention it. */
   defaultOn: boolean;
-  build(options: Record<string, unknown>, ctx: EntryContext): StackHandler;
+  build(options: O, ctx: EntryContext): StackHandler;
 }
 
 /**
  * The documented order, outer to inner; the README gives the reason for each place.
- * requestId → requestLogger → metrics → securityHeaders → cors → ipFilter → sizeLimit → timeout →
- * bodyParser → auth → tenant → rateLimit → credits → sanitize → auditLog → featureFlags →
+ * requestId → requestLogger → metrics → health → securityHeaders → cors → ipFilter → sizeLimit → timeout →
+ * bodyParser → auth → tenant → rateLimit → idempotency → credits → sanitize → auditLog → featureFlags →
  * circuitBreaker → cache.
  */
 export const STACK_ORDER = [
   'requestId',
   'requestLogger',
   'metrics',
+  'health',
   'securityHeaders',
   'cors',
   'ipFilter',
@@ -67,6 +71,7 @@ export const STACK_ORDER = [
   'auth',
   'tenant',
   'rateLimit',
+  'idempotency',
   'credits',
   'sanitize',
   'auditLog',
@@ -75,44 +80,57 @@ export const STACK_ORDER = [
   'cache',
 ] as const;
 
+/** A middleware name of the documented order. */
+export type StackEntryName = (typeof STACK_ORDER)[number];
+
+/** The options object a config key takes (`true` and `false` are settled by createStack). */
+export type StackEntryOptions<K extends StackEntryName> = Exclude<NonNullable<StackConfig[K]>, boolean>;
+
 /** The entries this version provides, keyed by name. */
-export const STACK_ENTRIES: Record<string, StackEntry> = {
+export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOptions<K>> } = {
   requestId: { name: 'requestId', defaultOn: true, build: (o) => requestId(o) },
   requestLogger: { name: 'requestLogger', defaultOn: true, build: (o) => requestLogger(o) },
   // Bound to the stack's registry at setup, so stack.metricsRegistry holds the series before the first request.
-  metrics: { name: 'metrics', defaultOn: true, build: (o, { runtime }) => createMetrics(o as MetricsOptions, runtime.registry) },
+  metrics: { name: 'metrics', defaultOn: true, build: (o, { runtime }) => createMetrics(o, runtime.registry) },
+  // Right after metrics (probes are counted) and before everything that could refuse, delay or record
+  // a probe; it answers without calling the rest of the chain. Its readiness includes the stack's stores.
+  health: { name: 'health', defaultOn: true, build: (o, { runtime }) => createHealth(o, runtime) },
   securityHeaders: { name: 'securityHeaders', defaultOn: true, build: (o) => securityHeaders(o) },
   cors: { name: 'cors', defaultOn: false, build: (o) => cors(o) },
   // Off until configured; the stack's logger receives its setup warnings (weak JWT secret).
-  auth: { name: 'auth', defaultOn: false, build: (o, { runtime }) => auth({ logger: runtime.logger, ...(o as AuthOptions) }) },
+  auth: { name: 'auth', defaultOn: false, build: (o, { runtime }) => auth({ logger: runtime.logger, ...o }) },
   // On with no rules: it then only enforces run-time blocks, so stack.middleware.ipFilter.block() works out of the box.
-  ipFilter: { name: 'ipFilter', defaultOn: true, build: (o, { runtime }) => createIpFilter(o as IpFilterOptions, runtime) },
+  ipFilter: { name: 'ipFilter', defaultOn: true, build: (o, { runtime }) => createIpFilter(o, runtime) },
   // 100 per minute per client by default. The fixed 'stack' namespace keeps the stack's counts apart
   // from route-level limiters and shared by every instance, whatever order limiters are created in.
-  rateLimit: { name: 'rateLimit', defaultOn: true, build: (o) => rateLimit({ prefix: 'stack', ...(o as RateLimitOptions) }) },
+  rateLimit: { name: 'rateLimit', defaultOn: true, build: (o) => rateLimit({ prefix: 'stack', ...o }) },
+  // Off until configured. After auth, tenant and the limiters (a replay is a request like any other for
+  // them, and the caller who owns the key is known), before credits and everything after (a replay
+  // runs none of it, so nothing is charged twice). Its lock outlives the stack's timeout.
+  idempotency: { name: 'idempotency', defaultOn: false, build: (o, { config }) => stackIdempotency(o, config.timeout) },
   credits: {
     name: 'credits',
     defaultOn: false,
     // The stack's own stores, so stack.middleware.credits.grant() credits what its requests spend.
-    build: (o, { runtime }) => credits(o.stores === undefined && o.redis === undefined ? { ...(o as CreditsOptions), stores: runtime.stores } : (o as CreditsOptions)),
+    build: (o, { runtime }) => credits(o.stores === undefined && o.redis === undefined ? { ...o, stores: runtime.stores } : o),
   },
   // 1 MB by default; with tiers it also places a check right after auth (see StackExtra).
-  sizeLimit: { name: 'sizeLimit', defaultOn: true, build: (o, { config }) => stackSizeLimit(o as SizeLimitOptions, config.bodyParser) },
+  sizeLimit: { name: 'sizeLimit', defaultOn: true, build: (o, { config }) => stackSizeLimit(o, config.bodyParser) },
   // After auth and the limiters (rejected requests are not scanned), before routing: params are scanned by a route-level sanitize().
-  sanitize: { name: 'sanitize', defaultOn: true, build: (o) => sanitize(o as SanitizeOptions) },
+  sanitize: { name: 'sanitize', defaultOn: true, build: (o) => sanitize(o) },
   // After the limiters and sanitize (a refused request ran no write), before the routes; the logger sink by
   // default, the stack's Redis for { redisStream }; stack.close() flushes its queue.
-  auditLog: { name: 'auditLog', defaultOn: true, build: (o, { runtime }) => createAuditLog(o as AuditLogOptions, runtime) },
+  auditLog: { name: 'auditLog', defaultOn: true, build: (o, { runtime }) => createAuditLog(o, runtime) },
   // 30 s by default; a route-level timeout() replaces the deadline for its route.
   timeout: { name: 'timeout', defaultOn: true, build: (o) => timeout(o) },
   // Off until configured; after auth (the token's tenant claim is known) and before the limiters (keys join the tenant).
-  tenant: { name: 'tenant', defaultOn: false, build: (o) => tenant(o as TenantOptions) },
+  tenant: { name: 'tenant', defaultOn: false, build: (o) => tenant(o) },
   // Off until configured; bound to the stack's stores (source 'redis') and logger, so stack.middleware.featureFlags.set() works at once.
-  featureFlags: { name: 'featureFlags', defaultOn: false, build: (o, { runtime }) => createFeatureFlags(o as FeatureFlagsOptions, runtime) },
+  featureFlags: { name: 'featureFlags', defaultOn: false, build: (o, { runtime }) => createFeatureFlags(o, runtime) },
   // On by default with no ttl: ETag/304 only. Bound to the stack, so stack.middleware.cache.invalidate() acts on its stores.
-  cache: { name: 'cache', defaultOn: true, build: (o, { runtime }) => createCache(o as CacheOptions, runtime) },
+  cache: { name: 'cache', defaultOn: true, build: (o, { runtime }) => createCache(o, runtime) },
   // Off until configured: one breaker for the whole stack, named 'stack' (it runs before routing, so it cannot tell routes apart; per-route breakers go on the routes).
-  circuitBreaker: { name: 'circuitBreaker', defaultOn: false, build: (o, { runtime }) => createCircuitBreaker({ name: 'stack', ...(o as CircuitBreakerOptions) }, runtime) },
+  circuitBreaker: { name: 'circuitBreaker', defaultOn: false, build: (o, { runtime }) => createCircuitBreaker({ name: 'stack', ...o }, runtime) },
   bodyParser: {
     name: 'bodyParser',
     defaultOn: true,
@@ -120,8 +138,8 @@ export const STACK_ENTRIES: Record<string, StackEntry> = {
       const size = config.sizeLimit;
       // sizeLimit counts exactly (per tier, per route); this is the backstop, at the largest limit
       // sizeLimit allows before the tier is known (it also bounds gzip bodies once inflated).
-      const max = size && typeof size === 'object' ? sizeLimitCeiling(size as SizeLimitOptions) : undefined;
-      return bodyParser({ ...o, limit: (o.limit as number | string | undefined) ?? max ?? '1mb' });
+      const max = size && typeof size === 'object' ? sizeLimitCeiling(size) : undefined;
+      return bodyParser({ ...o, limit: o.limit ?? max ?? '1mb' });
     },
   },
 };

@@ -1,6 +1,7 @@
 import ms from 'ms';
 import bytes from 'bytes';
 import { ConfigError } from './errors';
+import { setupLogger, warnOnce } from './warnings';
 
 /** Parses a duration ('500ms', '30s', '1m', '1h', '1d' or milliseconds) into milliseconds; throws ConfigError naming `option`. */
 export function parseDuration(value: unknown, option: string): number {
@@ -10,6 +11,18 @@ export function parseDuration(value: unknown, option: string): number {
     if (typeof parsed === 'number' && Number.isFinite(parsed) && parsed >= 0) return parsed;
   }
   throw new ConfigError(option, `expected a duration like '500ms', '30s' or '1m', or milliseconds, got ${describe(value)}`);
+}
+
+/**
+ * Warns (ERR_DURATION_UNIT, once per option and value) when a duration that is never that short
+ * on purpose, like a rate-limit window or a request timeout, is a bare number under 1000: it counts
+ * as milliseconds, and `window: 60` almost surely meant a minute. The message gives the string to
+ * write; a string with a unit ('60s', or '60ms' to keep milliseconds) never warns.
+ */
+export function warnIfSecondsMeant(value: unknown, option: string, what: string): void {
+  const n = typeof value === 'string' && /^\s*\d+(\.\d+)?\s*$/.test(value) ? Number(value) : value;
+  if (typeof n !== 'number' || !(n > 0 && n < 1000)) return;
+  warnOnce(setupLogger(), 'ERR_DURATION_UNIT', { option, value: n, what, suggestion: `'${n}s'` }, `${option}=${n}`);
 }
 
 /** Parses a size ('1kb', '1mb' or bytes) into bytes; throws ConfigError naming `option`. */

@@ -1,9 +1,10 @@
-import type { Logger } from './logger';
+import { defaultLogger, type Logger } from './logger';
 
 /**
  * Conditions that are legal but probably wrong. Each is reported once per process through the
  * logger at warn, with a stable code the user can search for, and silenced with
- * `PERIMETER_SILENCE=CODE1,CODE2`.
+ * `PERIMETER_SILENCE=CODE1,CODE2`. A `{name}` in a message is filled from the line's field of
+ * that name.
  */
 export const WARNINGS = {
   ERR_TRUST_PROXY_OFF:
@@ -27,6 +28,10 @@ export const WARNINGS = {
     "audit('EVENT') ran on a request no auditLog serves, so nothing is recorded; mount auditLog() (or createStack(), where it is on by default) before the routes",
   ERR_FEATURE_WITHOUT_FLAGS:
     "requireFeature(name) ran on a request no featureFlags served, so every request is refused with 404 FEATURE_DISABLED; mount featureFlags() (or createStack({ featureFlags })) before the route, or give the guard its own flags: requireFeature(name, { flags })",
+  ERR_DURATION_UNIT:
+    "{option} is {value}, a number of milliseconds, and a {what} that short is almost surely meant in seconds: write {suggestion} (or '{value}ms' to keep milliseconds)",
+  ERR_RATE_LIMIT_OUTSIDE_STACK:
+    "rateLimit() (limiter '{limiter}') served a request that no stack had seen, so it counts in this instance's memory, although a stack with Redis is open in this process: mount it after app.use(stack), on a path the stack covers, so it counts in Redis for every instance",
 } as const;
 
 /** A code of {@link WARNINGS}. */
@@ -39,8 +44,30 @@ export function warnOnce(logger: Logger, code: WarningCode, extra?: Record<strin
   const key = code + scope;
   if (emitted.has(key) || isSilenced(code)) return false;
   emitted.add(key);
-  logger.warn(WARNINGS[code], { code, ...extra });
+  const message: string = WARNINGS[code];
+  logger.warn(extra === undefined ? message : message.replace(/\{(\w+)\}/g, (slot, name: string) => (name in extra ? String(extra[name]) : slot)), { code, ...extra });
   return true;
+}
+
+let stackLogger: Logger | undefined;
+
+/**
+ * Runs `build` with setup warnings going to `logger`: createStack builds its middleware inside
+ * it, so a factory's setup warnings reach the stack's logger. Synchronous, and restored after.
+ */
+export function withSetupLogger<T>(logger: Logger, build: () => T): T {
+  const previous = stackLogger;
+  stackLogger = logger;
+  try {
+    return build();
+  } finally {
+    stackLogger = previous;
+  }
+}
+
+/** Where a factory reports setup warnings: the stack's logger while createStack builds it, else the default logger. */
+export function setupLogger(): Logger {
+  return stackLogger ?? defaultLogger();
 }
 
 /** Forgets which warnings were emitted (tests). */

@@ -1,4 +1,4 @@
-import type { Request, RequestHandler, Response } from 'express';
+import type { Request, Response } from 'express';
 import { GENESIS, isHash } from '../lib/audit/chain';
 import { AuditQueue, type AuditSinkStats } from '../lib/audit/queue';
 import { buildRecord, summarizeBody, type AuditRequestState } from '../lib/audit/record';
@@ -6,10 +6,11 @@ import { buildSinks, type AuditSinkOption } from '../lib/audit/sinks';
 import { auditStateOf, registerTracker, setAuditState, type AuditTracker } from '../lib/audit/tracking';
 import { ConfigError, ServiceUnavailableError } from '../lib/errors';
 import { defaultLogger, type Logger } from '../lib/logger';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { describe, parseBytes, parseDuration } from '../lib/units';
 import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export type { AuditRecord } from '../lib/audit/record';
 export type { AuditSinkOption, AuditSinkFunction, FileSinkOptions, RedisStreamSinkOptions } from '../lib/audit/sinks';
@@ -65,8 +66,9 @@ export interface AuditLogMethods {
   stats(): AuditSinkStats[];
 }
 
+// An interface, not an intersection: TypeScript infers a route's params from an intersection as `unknown`.
 /** An {@link auditLog} middleware with its run-time methods. */
-export type AuditLogHandler = RequestHandler & AuditLogMethods;
+export interface AuditLogHandler extends PerimeterHandler, AuditLogMethods {}
 
 declare module '../lib/create-stack' {
   interface StackMiddleware {
@@ -96,6 +98,7 @@ export function auditLog(options: AuditLogOptions = {}): AuditLogHandler {
 /** {@link auditLog} bound to a stack's runtime (createStack uses it): the stack's logger, registry and Redis. */
 export function createAuditLog(options: AuditLogOptions = {}, stackRuntime?: PerimeterRuntime): AuditLogHandler {
   checkOptions('auditLog', options, KNOWN);
+  checkCallback('auditLog.skip', options.skip, '(req) => boolean');
   const methods = methodSet(options.methods ?? DEFAULT_METHODS);
   const chain = flag(options.chain ?? false, 'auditLog.chain');
   const genesis = options.genesis ?? GENESIS;

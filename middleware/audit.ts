@@ -1,9 +1,11 @@
 import type { Request, RequestHandler } from 'express';
 import { auditStateOf, trackerFor } from '../lib/audit/tracking';
 import { ConfigError } from '../lib/errors';
+import { checkCallback, refuseRequest } from '../lib/options';
 import { loggerOf } from '../lib/runtime';
 import { describe } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
+import type { PerimeterHandler } from '../types/express-augment';
 
 const EVENT = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
 
@@ -13,7 +15,10 @@ const EVENT = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
  * auditLog does not record (a GET), the request is recorded all the same; `audit(false)` leaves
  * the route's requests out of the audit log.
  */
+export function audit(event: string | false | ((req: Request) => string)): PerimeterHandler;
 export function audit(event: string | false | ((req: Request) => string)): RequestHandler {
+  refuseRequest('audit', event, "audit('EVENT')");
+  checkCallback('audit', event, '(req) => event name');
   if (event !== false && typeof event !== 'function' && (typeof event !== 'string' || !EVENT.test(event))) {
     throw new ConfigError('audit', `expected an event name of 1–128 letters, digits and _ . : - like 'USER_BANNED', a function (req) => name, or false, got ${describe(event)}`);
   }

@@ -1,22 +1,23 @@
 import type { NextFunction, Request, RequestHandler } from 'express';
-import type { JwtPayload } from 'jsonwebtoken';
+import { parseCookie } from 'cookie';
 import { buildKeyTable, CachedLoader, sha256Hex, toRecord, type ApiKeyEntry, type ApiKeyLookup, type ApiKeyRecord } from '../lib/api-keys';
 import type { ContextUser } from '../lib/context';
-import { AuthenticationError, ConfigError } from '../lib/errors';
-import { AuthFailure, createJwtVerifier, type JwtOptions } from '../lib/jwt-verify';
+import { AuthenticationError, ConfigError, ServiceUnavailableError } from '../lib/errors';
+import { AuthFailure, createJwtVerifier, KeySourceUnavailable, type JwtClaims, type JwtOptions } from '../lib/jwt-verify';
 import { defaultLogger, type Logger } from '../lib/logger';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions } from '../lib/options';
+import { checkCallback, checkOptions } from '../lib/options';
 import { perRuntime, runtimeOf } from '../lib/runtime';
 import { describe, parseDuration } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export type { ApiKeyEntry, ApiKeyLookup, ApiKeyLookupResult } from '../lib/api-keys';
-export type { JwtOptions, JwtKeyMaterial } from '../lib/jwt-verify';
+export type { JwtAlgorithm, JwtClaims, JwtHeader, JwtKeyMaterial, JwtOptions } from '../lib/jwt-verify';
 
 /** Options of {@link auth}. */
 export interface AuthOptions {
-  /** JWT verification (`secret` | `publicKey` | `getKey`, `algorithms`, `issuer`, `audience`, `clockTolerance`); `false` turns JWTs off. Defaults to `JWT_PUBLIC_KEY` or `JWT_SECRET` from the environment when set, else off. */
+  /** JWT verification (`secret` | `publicKey` | `jwksUri` | `discovery` | `getKey`, `algorithms`, `issuer`, `audience`, `clockTolerance`); `false` turns JWTs off. Defaults to `JWT_PUBLIC_KEY` or `JWT_SECRET` from the environment when set, else off. */
   jwt?: JwtOptions | false;
   /** Keys accepted in `X-API-Key`: `{ key | hash, name, tier, userId, expiresAt, active }`. Defaults to none. */
   apiKeys?: ApiKeyEntry[];
@@ -29,7 +30,7 @@ export interface AuthOptions {
   /** Most entries in each of the lookup and user caches. Defaults to 10000. */
   cacheMax?: number;
   /** Loads the user for verified claims (async); its fields override the claims' on `req.user`; `null` refuses the token. Defaults to none. */
-  loadUser?: (claims: Readonly<JwtPayload>) => Promise<Partial<ContextUser> | null | undefined> | Partial<ContextUser> | null | undefined;
+  loadUser?: (claims: Readonly<JwtClaims>) => Promise<Partial<ContextUser> | null | undefined> | Partial<ContextUser> | null | undefined;
   /** How long a `loadUser` result is reused per subject, as a duration. Defaults to '60s'. */
   userCacheTtl?: string | number;
   /** Cookie that may carry the JWT when there is no `Authorization` header. Defaults to none. */
@@ -97,6 +98,7 @@ const failureCounter = perRuntime((rt) =>
  * request context. No credential → 401 AUTHENTICATION_REQUIRED (unless `required: false`); a bad
  * one → 401 INVALID_TOKEN, TOKEN_EXPIRED or INVALID_API_KEY, always with `WWW-Authenticate: Bearer`.
  */
+export function auth(options?: AuthOptions): PerimeterHandler;
 export function auth(options: AuthOptions = {}): RequestHandler {
   checkOptions('auth', options, KNOWN);
   const clock = options.clock ?? Date.now;
@@ -106,10 +108,12 @@ export function auth(options: AuthOptions = {}): RequestHandler {
   if (typeof required !== 'boolean') throw new ConfigError('auth.required', `expected true or false, got ${describe(required)}`);
   const setupLogger = options.logger ?? defaultLogger();
 
-  const verifier = createJwtVerifier(options.jwt, clock);
+  const verifier = createJwtVerifier(options.jwt, clock, process.env, setupLogger);
   if (verifier?.weakSecret) warnOnce(setupLogger, 'ERR_WEAK_JWT_SECRET');
 
   const table = buildKeyTable(options.apiKeys, 'auth.apiKeys');
+  checkCallback('auth.lookup', options.lookup, '(key, sha256) => entry | null');
+  checkCallback('auth.loadUser', options.loadUser, '(claims) => user | null');
   const lookup = options.lookup;
   if (lookup !== undefined && typeof lookup !== 'function')
     throw new ConfigError('auth.lookup', `expected an async function (key) => ({ name, tier, userId }) | null, got ${describe(lookup)}`);
@@ -176,10 +180,16 @@ export function auth(options: AuthOptions = {}): RequestHandler {
     next(err);
   };
 
-  // A refused credential becomes a 401; anything else (a throwing hook) is the server's fault: 500.
+  // A refused credential becomes a 401. Keys that cannot be had now (the JWKS endpoint or getKey
+  // failed; the cause is logged once per outage by the key source) are the server's problem: 503,
+  // counted but not logged per request. Anything else is a fault: 500.
   const fail = (req: Request, next: NextFunction, err: unknown): void => {
-    if (err instanceof AuthFailure) reject(req, next, err.reason, err.message);
-    else next(err);
+    if (err instanceof AuthFailure) return reject(req, next, err.reason, err.message);
+    if (err instanceof KeySourceUnavailable) {
+      failureCounter(req).inc({ reason: 'keys_unavailable' });
+      return next(new ServiceUnavailableError('The token cannot be verified right now; try again shortly.'));
+    }
+    next(err);
   };
 
   const accept = (
@@ -188,7 +198,7 @@ export function auth(options: AuthOptions = {}): RequestHandler {
     apiKey: ApiKeyRecord['info'] | undefined,
     method: 'jwt' | 'apiKey',
     tier: string | undefined,
-    claims?: JwtPayload,
+    claims?: JwtClaims,
   ): void => {
     req.auth = claims === undefined ? { method, tier } : { method, tier, claims };
     if (user !== undefined) req.user = user;
@@ -204,7 +214,7 @@ export function auth(options: AuthOptions = {}): RequestHandler {
   const finishJwt = (
     req: Request,
     next: NextFunction,
-    claims: JwtPayload,
+    claims: JwtClaims,
     user: ContextUser,
     loaded: Partial<ContextUser> | null | undefined,
   ): void => {
@@ -218,7 +228,7 @@ export function auth(options: AuthOptions = {}): RequestHandler {
     next();
   };
 
-  const withClaims = (req: Request, next: NextFunction, claims: JwtPayload): void => {
+  const withClaims = (req: Request, next: NextFunction, claims: JwtClaims): void => {
     const sub = claims.sub as unknown;
     if ((typeof sub !== 'string' && typeof sub !== 'number') || sub === '')
       return reject(req, next, 'invalid_claims', 'the token has no sub claim');
@@ -235,7 +245,7 @@ export function auth(options: AuthOptions = {}): RequestHandler {
   };
 
   const authenticateToken = (req: Request, next: NextFunction, token: string): void => {
-    let verified: JwtPayload | Promise<JwtPayload>;
+    let verified: JwtClaims | Promise<JwtClaims>;
     try {
       verified = verifier!.verify(token);
     } catch (err) {
@@ -318,7 +328,7 @@ export function recordFailure(req: Request, meta: { reason: string; code: string
   else (logger ?? runtimeOf(req).logger).warn(message, { ...meta, request_id: req.id });
 }
 
-function userFromClaims(claims: JwtPayload, id: string): ContextUser {
+function userFromClaims(claims: JwtClaims, id: string): ContextUser {
   const user: ContextUser = { id };
   if (typeof claims.email === 'string') user.email = claims.email;
   const roles = claims.roles as unknown;
@@ -330,7 +340,7 @@ function userFromClaims(claims: JwtPayload, id: string): ContextUser {
   return user;
 }
 
-function tierOf(user: ContextUser, claims: JwtPayload): string | undefined {
+function tierOf(user: ContextUser, claims: JwtClaims): string | undefined {
   if (typeof user.plan === 'string') return user.plan;
   return typeof claims.tier === 'string' ? claims.tier : undefined;
 }
@@ -343,28 +353,10 @@ function bearerToken(header: string | undefined): string | undefined {
   return header.slice(7).trim();
 }
 
-// The Cookie header parsed for one name only: no cookie-parser, no object per request.
+// RFC 6265 lets a cookie value be wrapped in double quotes, which `cookie` keeps.
 function cookieValue(header: string | undefined, name: string): string | undefined {
   if (header === undefined) return undefined;
-  let start = 0;
-  while (start < header.length) {
-    let end = header.indexOf(';', start);
-    if (end === -1) end = header.length;
-    const eq = header.indexOf('=', start);
-    if (eq !== -1 && eq < end && header.slice(start, eq).trim() === name) {
-      let value = header.slice(eq + 1, end).trim();
-      if (value.length > 1 && value.charCodeAt(0) === 34 && value.charCodeAt(value.length - 1) === 34) value = value.slice(1, -1);
-      if (value === '') return undefined;
-      if (value.includes('%')) {
-        try {
-          value = decodeURIComponent(value);
-        } catch {
-          // Left as sent: the verifier will call it malformed.
-        }
-      }
-      return value;
-    }
-    start = end + 1;
-  }
-  return undefined;
+  let value = parseCookie(header)[name];
+  if (value !== undefined && value.length > 1 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
+  return value === '' ? undefined : value;
 }

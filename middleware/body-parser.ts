@@ -3,6 +3,7 @@ import bodyParserPackage from 'body-parser';
 import { bindToContext } from '../lib/context';
 import { checkOptions } from '../lib/options';
 import { parseBytes } from '../lib/units';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link bodyParser}. */
 export interface BodyParserOptions {
@@ -18,6 +19,7 @@ export interface BodyParserOptions {
  * JSON and urlencoded body parsing (body-parser) with the size limit enforced while streaming.
  * Malformed JSON → 400 INVALID_JSON; too large → 413 PAYLOAD_TOO_LARGE.
  */
+export function bodyParser(options?: BodyParserOptions): PerimeterHandler;
 export function bodyParser(options: BodyParserOptions = {}): RequestHandler {
   checkOptions('bodyParser', options, ['json', 'urlencoded', 'limit']);
   const limit = parseBytes(options.limit ?? '1mb', 'bodyParser.limit');

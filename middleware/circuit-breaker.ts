@@ -13,6 +13,7 @@ import type { Stores } from '../lib/stores/types';
 import { describe } from '../lib/units';
 import { onResponseDone } from '../lib/response-done';
 import { abortReasonOf } from './timeout';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export { createBreaker, FunctionBreaker, type CreateBreakerOptions, type BreakerCallSignal } from '../lib/breaker/create-breaker';
 export { retry, type RetryOptions } from '../lib/retry';
@@ -35,7 +36,7 @@ export interface CircuitBreakerOptions extends BreakerOptions {
 }
 
 /** A {@link circuitBreaker} middleware with its run-time methods (also `stack.middleware.circuitBreaker`). */
-export interface CircuitBreakerHandler extends RequestHandler {
+export interface CircuitBreakerHandler extends PerimeterHandler {
   /** The breaker called `name` (by default this handler's `name`), for `state`, `stats` and events; made on first use. On the stack's stores for a stack's handler; for a route-level one, on those of the stack it last started serving (standalone memory before its first request). */
   breaker(name?: string): Breaker;
   /** Stops every breaker's timer and leaves the shared state. */

@@ -1,6 +1,8 @@
 import type { RequestHandler } from 'express';
 import corsPackage, { type CorsOptions } from 'cors';
 import { ConfigError } from '../lib/errors';
+import { refuseRequest } from '../lib/options';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link cors}: the `cors` package's options, checked at setup. */
 export type PerimeterCorsOptions = CorsOptions;
@@ -9,7 +11,9 @@ export type PerimeterCorsOptions = CorsOptions;
  * The `cors` package, with setup checks: `origin: '*'` (or `true`) together with
  * `credentials: true` is refused, since browsers reject that combination.
  */
+export function cors(options?: PerimeterCorsOptions): PerimeterHandler;
 export function cors(options: PerimeterCorsOptions = {}): RequestHandler {
+  refuseRequest('cors', options);
   if (options === null || typeof options !== 'object') {
     throw new ConfigError('cors', 'expected an options object like { origin: [\'https://app.example.com\'] }');
   }

@@ -1,19 +1,20 @@
 import { randomBytes } from 'node:crypto';
-import type { Request, RequestHandler, Response } from 'express';
-import onFinished from 'on-finished';
+import type { Request, Response } from 'express';
 import type { Counter } from 'prom-client';
 import { AuthenticationError, ConfigError, InsufficientCreditsError, ServiceUnavailableError } from '../lib/errors';
 import { defaultLogger, type Logger } from '../lib/logger';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { loggerOf, runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
+import { onResponseDone } from '../lib/response-done';
 import { creditsStore, type CreditsHistoryEntry, type CreditsStore } from '../lib/stores/credits-store';
+import { StoreOutage } from '../lib/stores/outage';
 import { RedisStores } from '../lib/stores/redis';
-import type { RedisOption } from '../lib/stores/redis-connection';
+import { StoreUnavailableError, type RedisOption } from '../lib/stores/redis-connection';
 import type { Stores } from '../lib/stores/types';
 import { describe, parseDuration } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
-import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link credits}. */
 export interface CreditsOptions {
@@ -31,7 +32,7 @@ export interface CreditsOptions {
   onStoreError?: 'closed' | 'open';
   /** Longest a reservation waits for the store before `onStoreError` applies. Defaults to '100ms'. */
   storeTimeout?: number | string;
-  /** Wait before the one retry of a refund that failed. Defaults to '250ms'. */
+  /** First wait before a refund (or commit) the store did not take is tried again; the wait doubles up to 5 s, until it is taken or `reservationTtl` passes. Defaults to '250ms'. */
   refundRetryDelay?: number | string;
   /** How long a reservation stays refundable on Redis; a request running longer keeps its spend. Defaults to '1h'. */
   reservationTtl?: number | string;
@@ -57,12 +58,13 @@ export interface CreditsMethods {
   set(account: string | number, amount: number): Promise<number>;
   /** The last `historySize` ledger entries of `account`, newest first. */
   history(account: string | number): Promise<CreditsHistoryEntry[]>;
-  /** Runs pending refund retries now and closes a Redis connection opened for the `redis` option. */
+  /** Tries the refunds and commits still waiting for the store once more (logging any it cannot make) and closes a Redis connection opened for the `redis` option. */
   close(): Promise<void>;
 }
 
+// An interface, not an intersection: TypeScript infers a route's params from an intersection as `unknown`.
 /** A {@link credits} middleware with its run-time methods. */
-export type CreditsHandler = RequestHandler & CreditsMethods;
+export interface CreditsHandler extends PerimeterHandler, CreditsMethods {}
 
 declare module '../lib/create-stack' {
   interface StackMiddleware {
@@ -86,6 +88,158 @@ interface RuntimeState {
   refunded: Counter<string>;
   rejections: Counter<'reason'>;
   storeErrors: Counter<'operation'>;
+  outage: StoreOutage;
+  settlements: PendingSettlements;
+}
+
+/** A refund or commit of one reservation. */
+interface Settlement {
+  op: 'refund' | 'commit';
+  account: string;
+  reservation: string;
+  requestId: string;
+  cost: number;
+  /** The reservation itself timed out: whether the store took it is not known (a refund then returns 0 if it did not). */
+  uncertain: boolean;
+  /** When the reservation was made (performance.now()); after `reservationTtl` the store has forgotten it. */
+  reservedAt: number;
+}
+
+// Settlements waiting for the store, per stores: beyond this, a new one is given up at once (and logged).
+const MAX_PENDING_SETTLEMENTS = 10_000;
+const MAX_RETRY_DELAY_MS = 5_000;
+// How many waiting settlements are sent at once once the store answers again.
+const DRAIN_BATCH = 100;
+
+/**
+ * Refunds and commits the store has not taken yet. Each is tried at once while the store is up;
+ * one that fails (or comes while the store is down) waits here and is tried again with backoff:
+ * first one alone, as a probe, then the rest, until the store takes them or the reservation
+ * expires. The outage itself is logged once (StoreOutage); only a settlement given up is logged,
+ * each with its account and amount, since an account is then owed credits.
+ */
+class PendingSettlements {
+  private readonly waiting = new Map<string, Settlement>();
+  private timer?: NodeJS.Timeout;
+  private delay: number;
+  private draining?: Promise<void>;
+
+  constructor(
+    private readonly state: Omit<RuntimeState, 'settlements'>,
+    private readonly logger: Logger,
+    private readonly firstDelay: number,
+    private readonly reservationTtlMs: number,
+  ) {
+    this.delay = firstDelay;
+  }
+
+  /** Settlements still waiting for the store. */
+  get size(): number {
+    return this.waiting.size;
+  }
+
+  /** Sends `settlement` now, or keeps it for later while the store is down. */
+  settle(settlement: Settlement): void {
+    if (this.state.outage.down || this.waiting.size > 0) {
+      this.keep(settlement);
+      return;
+    }
+    void this.attempt(settlement).then((done) => {
+      if (!done) this.keep(settlement);
+    });
+  }
+
+  /** Tries every waiting settlement now; with `final`, gives up (logs) whatever the store still refuses. */
+  async flush(final: boolean): Promise<void> {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.draining;
+    await this.drain();
+    if (!final) return;
+    for (const settlement of this.waiting.values()) this.giveUp(settlement, 'the credits handler was closed before the store took it');
+    this.waiting.clear();
+  }
+
+  private attempt(s: Settlement): Promise<boolean> {
+    const startedAt = performance.now();
+    const call =
+      s.op === 'refund'
+        ? this.state.store.refund(s.account, s.reservation, s.requestId).then((returned) => {
+            if (returned > 0) this.state.refunded.inc(returned);
+          })
+        : this.state.store.commit(s.account, s.reservation);
+    return call.then(
+      () => {
+        this.state.outage.answered();
+        return true;
+      },
+      (err: unknown) => {
+        this.state.storeErrors.inc({ operation: s.op });
+        this.state.outage.failed(err, startedAt);
+        return false;
+      },
+    );
+  }
+
+  private keep(settlement: Settlement): void {
+    if (!this.waiting.has(settlement.reservation) && this.waiting.size >= MAX_PENDING_SETTLEMENTS) {
+      this.giveUp(settlement, `more than ${MAX_PENDING_SETTLEMENTS} settlements are waiting for the store`);
+      return;
+    }
+    this.waiting.set(settlement.reservation, settlement);
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.timer !== undefined || this.draining !== undefined || this.waiting.size === 0) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.drain();
+    }, this.delay);
+    this.timer.unref();
+  }
+
+  private drain(): Promise<void> {
+    this.draining ??= this.drainOnce().finally(() => {
+      this.draining = undefined;
+      this.schedule();
+    });
+    return this.draining;
+  }
+
+  private async drainOnce(): Promise<void> {
+    const now = performance.now();
+    for (const settlement of [...this.waiting.values()]) {
+      if (now - settlement.reservedAt <= this.reservationTtlMs) continue;
+      this.waiting.delete(settlement.reservation);
+      this.giveUp(settlement, 'the reservation expired on the store before the store answered again');
+    }
+    let batch = [...this.waiting.values()].slice(0, 1);
+    while (batch.length > 0) {
+      const results = await Promise.all(batch.map((s) => this.attempt(s)));
+      batch.forEach((s, i) => {
+        if (results[i]) this.waiting.delete(s.reservation);
+      });
+      if (results.includes(false)) {
+        this.delay = Math.min(MAX_RETRY_DELAY_MS, this.delay * 2);
+        return;
+      }
+      batch = [...this.waiting.values()].slice(0, DRAIN_BATCH);
+    }
+    this.delay = this.firstDelay;
+  }
+
+  private giveUp(s: Settlement, reason: string): void {
+    // A commit that never happened only leaves the reservation record to expire: the credits stay spent, as they should.
+    if (s.op === 'commit') return;
+    const meta = { account: s.account, amount: s.cost, reservation: s.reservation, request_id: s.requestId || undefined, reason };
+    if (s.uncertain) {
+      // Most often the reservation never reached the store (it was down): a warning, not an alarm.
+      this.logger.warn('Credits reservation failed and its undo could not be confirmed; if it reached the store, the account is owed credits', { code: 'ERR_CREDITS_RESERVE_UNCERTAIN', ...meta });
+    } else {
+      this.logger.error('Credits refund could not be made; the account is owed credits', { code: 'ERR_CREDITS_REFUND_FAILED', ...meta });
+    }
+  }
 }
 
 /**
@@ -96,6 +250,8 @@ interface RuntimeState {
  */
 export function credits(options: CreditsOptions = {}): CreditsHandler {
   checkOptions('credits', options, KNOWN);
+  checkCallback('credits.cost', options.cost, '(req) => number');
+  checkCallback('credits.account', options.account, '(req) => id');
   const costOf = pickCost(options.cost ?? 1);
   const accountOf = pickAccount(options.account);
   const required = flag(options.required ?? true, 'credits.required');
@@ -126,17 +282,27 @@ export function credits(options: CreditsOptions = {}): CreditsHandler {
   // methods (which have no request to tell them the stack) can warn that they act elsewhere.
   let servesStack = false;
   const states = new WeakMap<PerimeterRuntime, RuntimeState>();
+  const allSettlements = new Set<PendingSettlements>();
   const stateOf = (rt: PerimeterRuntime): RuntimeState => {
     let state = states.get(rt);
     if (state === undefined) {
       if (fixedStore === undefined && rt !== standaloneRuntime()) servesStack = true;
-      state = {
+      const base = {
         store: fixedStore ?? rt.stores.create(factory),
         spent: counter(rt.registry, 'credits_spent_total', 'Credits kept by requests that finished with 2xx', []),
         refunded: counter(rt.registry, 'credits_refunded_total', 'Credits given back to requests that did not finish with 2xx', []),
         rejections: counter(rt.registry, 'credits_rejections_total', 'Requests refused by credits, by reason', ['reason']),
         storeErrors: counter(rt.registry, 'credits_store_errors_total', 'Failed or timed-out credit store operations, by operation', ['operation']),
+        outage: new StoreOutage({
+          logger: rt.logger,
+          down: { code: 'ERR_CREDITS_STORE_UNAVAILABLE', message: `Credits store failed; ${STORE_ERROR_TEXT[onStoreError]} and refunds wait until it answers again` },
+          up: { code: 'ERR_CREDITS_STORE_RECOVERED', message: 'Credits store answers again' },
+          fields: { namespace, on_store_error: onStoreError },
+        }),
       };
+      const settlements = new PendingSettlements(base, rt.logger, retryDelay, reservationTtlMs);
+      allSettlements.add(settlements);
+      state = { ...base, settlements };
       states.set(rt, state);
     }
     return state;
@@ -147,34 +313,10 @@ export function credits(options: CreditsOptions = {}): CreditsHandler {
     return stateOf(standaloneRuntime()).store;
   };
 
-  const retries = new Set<{ timer: NodeJS.Timeout; run: () => Promise<void> }>();
-
-  /** Gives the reservation back, retrying once after `retryDelay`; a final failure is logged at error, never dropped. */
-  function refund(state: RuntimeState, logger: Logger, account: string, cost: number, reservation: string, requestId: string, uncertain: boolean): void {
-    const attempt = (last: boolean): Promise<void> =>
-      state.store.refund(account, reservation, requestId).then(
-        (returned) => {
-          if (returned > 0) state.refunded.inc(returned);
-        },
-        (err: Error) => {
-          state.storeErrors.inc({ operation: 'refund' });
-          if (!last) {
-            const retry = { timer: setTimeout(() => { retries.delete(retry); void retry.run(); }, retryDelay), run: () => attempt(true) };
-            retry.timer.unref();
-            retries.add(retry);
-            return;
-          }
-          // The reservation record keeps the amount until reservationTtl, so an operator can still settle it.
-          const meta = { account, amount: cost, reservation, request_id: requestId || undefined, err: { name: err.name, message: err.message } };
-          if (uncertain) {
-            // Most often the reservation never reached the store (it is down): a warning, not an alarm.
-            logger.warn('Credits reservation failed and its undo could not be confirmed; if it reached the store, the account is owed credits', { code: 'ERR_CREDITS_RESERVE_UNCERTAIN', ...meta });
-          } else {
-            logger.error('Credits refund failed after a retry; the account is owed credits', { code: 'ERR_CREDITS_REFUND_FAILED', ...meta });
-          }
-        },
-      );
-    void attempt(false);
+  function storeUnavailable(state: RuntimeState, next: (err?: unknown) => void): void {
+    if (onStoreError === 'open') return next();
+    state.rejections.inc({ reason: 'store_unavailable' });
+    next(new ServiceUnavailableError('Credits cannot be checked right now; try again shortly.'));
   }
 
   const creditsMiddleware = function creditsMiddleware(req: Request, res: Response, next: (err?: unknown) => void): void {
@@ -195,14 +337,18 @@ export function credits(options: CreditsOptions = {}): CreditsHandler {
       return next(err);
     }
     const payer = account;
-    const rt = runtimeOf(req);
-    const state = stateOf(rt);
+    const state = stateOf(runtimeOf(req));
+    // While the store is down, one request a second tries it; the others take onStoreError at once.
+    if (!state.outage.mayTry()) return storeUnavailable(state, next);
     const reservation = `${PROCESS_TAG}.${(++sequence).toString(36)}`;
     const requestId = req.id ?? '';
+    const reservedAt = performance.now();
+    const settlement = (op: Settlement['op'], uncertain: boolean): Settlement => ({ op, account: payer, reservation, requestId, cost, uncertain, reservedAt });
     state.store
       .reserve(payer, cost, initial, reservation, requestId, storeTimeout)
       .then(
         function reserved(result) {
+          state.outage.answered();
           if (!result.ok) {
             state.rejections.inc({ reason: 'insufficient' });
             const err = new InsufficientCreditsError(`This request costs ${cost} credits and the balance is ${result.balance}.`, { required: cost, balance: result.balance });
@@ -213,30 +359,25 @@ export function credits(options: CreditsOptions = {}): CreditsHandler {
             res.setHeader('X-Credits-Cost', String(cost));
             res.setHeader('X-Credits-Remaining', String(result.balance));
           }
-          const logger = loggerOf(req);
           onResponseDone(res, function settleCredits() {
             // Kept only when a 2xx response went out whole; anything else gets its credits back.
             if (res.writableFinished && res.statusCode >= 200 && res.statusCode < 300) {
               state.spent.inc(cost);
-              state.store.commit(payer, reservation).catch(() => {
-                // Harmless: the reservation record expires after reservationTtl by itself.
-                state.storeErrors.inc({ operation: 'commit' });
-              });
+              state.settlements.settle(settlement('commit', false));
             } else {
-              refund(state, logger, payer, cost, reservation, requestId, false);
+              state.settlements.settle(settlement('refund', false));
             }
           });
           // Answered meanwhile (timeout) or the client left: nothing to run, the listener refunds.
-          if (!onFinished.isFinished(res)) next();
+          if (!responseOver(res)) next();
         },
         function storeFailed(err: Error) {
           state.storeErrors.inc({ operation: 'reserve' });
-          // A timed-out reservation may still land on the store: undo it under the same id (a no-op if it never did).
-          refund(state, loggerOf(req), payer, cost, reservation, requestId, true);
-          loggerOf(req).debug('Credits store failed; applying onStoreError', { code: 'ERR_CREDITS_STORE', on_store_error: onStoreError, account: payer, err: { name: err.name, message: err.message } });
-          if (onStoreError === 'open') return next();
-          state.rejections.inc({ reason: 'store_unavailable' });
-          next(new ServiceUnavailableError('Credits cannot be checked right now; try again shortly.'));
+          state.outage.failed(err, reservedAt);
+          // A reservation that was sent may have been taken in time with its answer late: undo it
+          // under the same id (a no-op if it was not). One never sent needs nothing.
+          if (!(err instanceof StoreUnavailableError)) state.settlements.settle(settlement('refund', true));
+          storeUnavailable(state, next);
         },
       )
       .catch(function nextThrew(err: unknown) {
@@ -264,14 +405,21 @@ export function credits(options: CreditsOptions = {}): CreditsHandler {
       return methodsStore().history(accountId(account, 'history'));
     },
     async close() {
-      const pending = [...retries];
-      retries.clear();
-      for (const retry of pending) clearTimeout(retry.timer);
-      await Promise.all(pending.map((retry) => retry.run()));
+      await Promise.all([...allSettlements].map((settlements) => settlements.flush(true)));
       await ownStores?.close();
     },
   };
-  return Object.assign(creditsMiddleware as RequestHandler, methods);
+  return Object.assign(creditsMiddleware as PerimeterHandler, methods);
+}
+
+const STORE_ERROR_TEXT = {
+  closed: "paid requests are refused with 503 (onStoreError: 'closed')",
+  open: "paid requests are served free (onStoreError: 'open')",
+} as const;
+
+/** Whether the response already ended (a timeout answered it) or its connection closed (the client left). */
+function responseOver(res: Response): boolean {
+  return res.writableEnded || res.destroyed;
 }
 
 function pickCost(cost: CreditsOptions['cost']): (req: Request) => number {

@@ -1,4 +1,4 @@
-import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import type { NextFunction, Request, Response } from 'express';
 import { ConfigError } from '../lib/errors';
 import {
   checkFlagName,
@@ -22,6 +22,7 @@ import { RedisStores } from '../lib/stores/redis';
 import type { RedisOption } from '../lib/stores/redis-connection';
 import type { Stores } from '../lib/stores/types';
 import { describe, parseDuration } from '../lib/units';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export type { FlagDefinition, FlagInput } from '../lib/flags/definition';
 export type { FlagReason, FlagResult, FlagSubject } from '../lib/flags/evaluate';
@@ -77,8 +78,9 @@ export interface FeatureFlagsMethods {
   close(): Promise<void>;
 }
 
+// An interface, not an intersection: TypeScript infers a route's params from an intersection as `unknown`.
 /** A {@link featureFlags} middleware with its run-time methods. */
-export type FeatureFlagsHandler = RequestHandler & FeatureFlagsMethods;
+export interface FeatureFlagsHandler extends PerimeterHandler, FeatureFlagsMethods {}
 
 declare module '../lib/create-stack' {
   interface StackMiddleware {

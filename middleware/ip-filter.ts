@@ -1,4 +1,4 @@
-import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import type { NextFunction, Request, Response } from 'express';
 import type { Counter } from 'prom-client';
 import { ConfigError, ForbiddenError } from '../lib/errors';
 import { checkForwardedFor } from '../lib/forwarded-for';
@@ -10,8 +10,9 @@ import { loggerOf, runtimeOf, standaloneRuntime, type PerimeterRuntime } from '.
 import { ipBlocklistStore, type IpBlock, type IpBlocklist } from '../lib/stores/ip-blocklist';
 import type { CounterStore, Stores } from '../lib/stores/types';
 import { describe, parseDuration } from '../lib/units';
-import { clientIp } from '../lib/client-ip';
+import { clientIp, invalidClientAddress } from '../lib/client-ip';
 import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export type { IpBlock } from '../lib/stores/ip-blocklist';
 
@@ -50,7 +51,7 @@ export interface IpFilterOptions extends IpRules {
 }
 
 /** The `ipFilter` middleware, with its run-time methods. */
-export interface IpFilterHandler extends RequestHandler {
+export interface IpFilterHandler extends PerimeterHandler {
   /** Blocks `ip` (any textual form; `::ffff:10.0.0.1` is `10.0.0.1`) for `ttl` ('10m' or ms), or until `unblock()`. Applies on this instance at once; resolves when shared, rejects when the store fails. */
   block(ip: string, ttl?: number | string): Promise<void>;
   /** Lifts a run-time block. */
@@ -93,8 +94,10 @@ interface FilterState {
 
 /**
  * Refuses requests by client IP with 403 IP_BLOCKED: run-time blocks (`block()`, `autoBan`),
- * then `deny` lists, then `allow` lists, globally and per path prefix. The IP is Express's `req.ip` (read once per request through `clientIp`),
- * so `trust proxy` decides whether X-Forwarded-For counts; the raw header never does.
+ * then `deny` lists, then `allow` lists, globally and per path prefix. The IP is Express's `req.ip`
+ * in canonical form, read once per request through `clientIp`, so `trust proxy` decides whether
+ * X-Forwarded-For counts (the raw header never does) and `[198.51.100.9]:1234` meets the rules of
+ * `198.51.100.9`; an address that cannot be parsed is refused with 400 BAD_REQUEST.
  */
 export function ipFilter(options: IpFilterOptions = {}): IpFilterHandler {
   return createIpFilter(options);
@@ -144,7 +147,8 @@ export function createIpFilter(options: IpFilterOptions = {}, stackRuntime?: Per
   const checkRules = compileRules(allow, deny, pathRules);
 
   function filter(req: Request, res: Response, next: NextFunction, state: FilterState): void {
-    const ip = canonicalIp(clientIp(req));
+    const ip = clientIp(req);
+    if (ip === undefined) return next(invalidClientAddress());
     const reason: IpFilterReason | undefined = state.blocklist.isBlocked(ip) ? 'blocked' : checkRules(ip, req);
     if (reason !== undefined) {
       state.refusals.inc({ reason });
@@ -158,8 +162,8 @@ export function createIpFilter(options: IpFilterOptions = {}, stackRuntime?: Per
   function countRefusal(res: Response): void {
     if (autoBan === undefined || !autoBan.statuses.has(res.statusCode)) return;
     const req = res.req;
-    const ip = canonicalIp(clientIp(req));
-    if (ip === '') return;
+    const ip = clientIp(req);
+    if (ip === undefined) return;
     const state = homeState ?? stateFor(runtimeOf(req));
     const logger = ownLogger ?? loggerOf(req);
     (state.counts as CounterStore)
@@ -238,31 +242,6 @@ function refusal(reason: IpFilterReason): ForbiddenError {
   }
 }
 
-/**
- * The canonical text of a client address, matching what `block()` stores: dotted IPv4 as is (the
- * common case, no parsing), IPv4-mapped IPv6 as IPv4, anything else through ipaddr.js. '' when none.
- */
-function canonicalIp(ip: string | undefined): string {
-  if (ip === undefined) return '';
-  if (CANONICAL_V4.test(ip)) return ip;
-  if (ip.startsWith('::ffff:') && CANONICAL_V4.test(ip.slice(7))) return ip.slice(7);
-  // Parsing IPv6 costs microseconds; a client keeps its address across requests, so remember it.
-  let canonical = canonicalCache.get(ip);
-  if (canonical === undefined) {
-    canonical = parseIp(ip)?.toString() ?? ip;
-    if (canonicalCache.size >= CANONICAL_CACHE_SIZE) canonicalCache.clear();
-    canonicalCache.set(ip, canonical);
-  }
-  return canonical;
-}
-
-// Bounded by clearing when full: cheaper than LRU bookkeeping, and a miss only costs one parse.
-const CANONICAL_CACHE_SIZE = 10_000;
-const canonicalCache = new Map<string, string>();
-
-// Dotted quads without leading zeros: ipaddr.js reads '010.0.0.1' as octal, so only these may skip it.
-const CANONICAL_V4 = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
-
 /** Builds the static-rule check once: a no-op when there are no rules. Deny beats allow at every level. */
 function compileRules(allow: IpList | undefined, deny: IpList | undefined, paths: PathRule[]): (ip: string, req: Request) => IpFilterReason | undefined {
   if (allow === undefined && deny === undefined && paths.length === 0) return () => undefined;
@@ -290,7 +269,7 @@ function compileRules(allow: IpList | undefined, deny: IpList | undefined, paths
 
 const DENIED = 1;
 const NOT_ALLOWED = 2;
-// Per filter, like the canonical-address cache: matching a CIDR list parses the address again.
+// Per filter: matching a CIDR list parses the address again, and a client keeps its address.
 const VERDICT_CACHE_SIZE = 10_000;
 
 /** The global lists' verdict on an address (0, DENIED and/or NOT_ALLOWED), remembered per address. */

@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import type { NextFunction, Request, Response } from 'express';
 import { collectDefaultMetrics, Counter, Gauge, register as globalRegistry, Histogram, type Registry } from 'prom-client';
 import { Analytics, checkLimit, parseAnalyticsOptions, type AnalyticsOptions, type AnalyticsReport, type Endpoint } from '../lib/analytics';
 import { AuthenticationError, ConfigError, ForbiddenError } from '../lib/errors';
@@ -10,6 +10,7 @@ import { routeTemplate } from '../lib/route-template';
 import { perRuntime } from '../lib/runtime';
 import { clientIp } from '../lib/client-ip';
 import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link metrics}. */
 export interface MetricsOptions {
@@ -47,8 +48,9 @@ export interface MetricsMethods {
   analytics(options?: AnalyticsQuery): AnalyticsReport;
 }
 
+// An interface, not an intersection: TypeScript infers a route's params from an intersection as `unknown`.
 /** A {@link metrics} middleware with its run-time methods. */
-export type MetricsHandler = RequestHandler & MetricsMethods;
+export interface MetricsHandler extends PerimeterHandler, MetricsMethods {}
 
 declare module '../lib/create-stack' {
   interface StackMiddleware {

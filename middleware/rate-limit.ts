@@ -1,13 +1,14 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import type { Counter } from 'prom-client';
 import { ConfigError, QuotaExceededError, RateLimitError, ServiceUnavailableError } from '../lib/errors';
-import type { Logger } from '../lib/logger';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { clientKey, type RateLimitKey } from '../lib/rate-limit/client-key';
 import { checkTier, compileTier, positiveInteger, windowOf, type CompiledTier, type RateLimitTier, type TierHeaders } from '../lib/rate-limit/policy';
 import { routeTemplate } from '../lib/route-template';
-import { perRuntime, type PerimeterRuntime } from '../lib/runtime';
+import { perRuntime, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
+import { sharedStackLogger } from '../lib/shared-stacks';
+import { StoreOutage } from '../lib/stores/outage';
 import {
   MemoryRateLimitStore,
   rateLimitStore,
@@ -15,7 +16,9 @@ import {
   type RateLimitDecision,
   type RateLimitStore,
 } from '../lib/stores/rate-limit-store';
-import { describe, parseDuration } from '../lib/units';
+import { describe, parseDuration, warnIfSecondsMeant } from '../lib/units';
+import { warnOnce } from '../lib/warnings';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export type { RateLimitKey } from '../lib/rate-limit/client-key';
 export type { RateLimitTier } from '../lib/rate-limit/policy';
@@ -47,7 +50,7 @@ export interface RateLimitOptions {
   prefix?: string;
   /** Which headers: 'legacy' (X-RateLimit-*), 'ietf' (RateLimit-Policy, RateLimit), 'both', or false. Defaults to 'both'. */
   headers?: 'legacy' | 'ietf' | 'both' | boolean;
-  /** When the store fails or is slower than `storeTimeout`: 'open' (let through), 'closed' (503) or 'memory' (a local limiter). Defaults to 'memory'. */
+  /** When the store fails or is slower than `storeTimeout`: 'open' (let through), 'closed' (503) or 'memory' (a local limiter). Defaults to 'memory', except before the shared store has ever connected, where the default answers 503 (an explicit 'memory' counts locally then too). */
   onStoreError?: 'open' | 'closed' | 'memory';
   /** Longest a store decision may take before it counts as a failure. Defaults to '100ms'. */
   storeTimeout?: number | string;
@@ -80,9 +83,6 @@ const KNOWN = [
 ] as const;
 const ALGORITHMS = ['sliding-window', 'token-bucket', 'fixed-window'] as const;
 const DEFAULT_SKIP = ['/health', '/health/ready'];
-// While the store is down, one request every second tries it again; the others take the fail
-// mode at once instead of each waiting out the store timeout.
-const PROBE_INTERVAL_MS = 1000;
 const ALGORITHM_CODES: Record<RateLimitAlgorithm, string> = { 'sliding-window': 'sw', 'token-bucket': 'tb', 'fixed-window': 'fw' };
 const autoIds = new Map<string, number>();
 
@@ -92,11 +92,13 @@ const autoIds = new Map<string, number>();
  * `RateLimit` on every limited response; refuses with 429 RATE_LIMIT_EXCEEDED (or QUOTA_EXCEEDED
  * for the daily quota) and `Retry-After`.
  */
+export function rateLimit(options?: RateLimitOptions): PerimeterHandler;
 export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
   checkOptions('rateLimit', options, KNOWN);
   const algorithm = oneOf('rateLimit.algorithm', options.algorithm ?? 'sliding-window', ALGORITHMS);
   const limit = positiveInteger(options.limit ?? 100, 'rateLimit.limit');
   const windowMs = windowOf(options.window ?? '1m', 'rateLimit.window');
+  warnIfSecondsMeant(options.window, 'rateLimit.window', 'rate-limit window');
   const instances = positiveInteger(options.instances ?? 1, 'rateLimit.instances');
   const maxKeys = positiveInteger(options.maxKeys ?? 100_000, 'rateLimit.maxKeys');
   const inherited = { limit, windowMs, algorithm };
@@ -110,6 +112,7 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
     for (const [name, tier] of Object.entries(options.tiers)) {
       const option = `rateLimit.tiers.${name}`;
       tiers.set(name, compileTier(name, checkTier(tier, option), inherited, instances, option));
+      warnIfSecondsMeant(tier.window, `${option}.window`, 'rate-limit window');
     }
   }
   let defaultTier = tiers.get('default') ?? base;
@@ -121,6 +124,9 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
     defaultTier = named;
   }
 
+  checkCallback('rateLimit.key', options.key, '(req) => string');
+  checkCallback('rateLimit.cost', options.cost, '(req) => number');
+  checkCallback('rateLimit.skip', options.skip, '(req) => boolean');
   const key = clientKey(options.key);
   const { fixedCost, costOf } = compileCost(options.cost);
   const { skipPaths, skipFn } = compileSkip(options.skip);
@@ -129,6 +135,9 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
   const legacy = headerMode === 'legacy' || headerMode === 'both';
   const ietf = headerMode === 'ietf' || headerMode === 'both';
   const failMode = oneOf('rateLimit.onStoreError', options.onStoreError ?? 'memory', ['open', 'closed', 'memory']);
+  // Counting in memory before the shared store ever connected lets each instance admit the whole
+  // limit (#13): only a user who asked for 'memory' gets that.
+  const memoryBeforeConnect = options.onStoreError === 'memory';
   const storeTimeout = Math.max(1, Math.ceil(parseDuration(options.storeTimeout ?? '100ms', 'rateLimit.storeTimeout')));
   if (options.now !== undefined && typeof options.now !== 'function') {
     throw new ConfigError('rateLimit.now', `expected a function returning epoch milliseconds, got ${describe(options.now)}`);
@@ -138,7 +147,11 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
   const factory = rateLimitStore({ namespace: prefix, maxKeys, now });
 
   // Built once per stack: a route-level limiter behind a stack counts on that stack's store.
-  const stateOf = perRuntime((runtime) => new LimiterState(runtime, runtime.stores.create(factory), () => new MemoryRateLimitStore(maxKeys, now), prefix, failMode));
+  const stateOf = perRuntime((runtime) => {
+    const stackLogger = runtime === standaloneRuntime() ? sharedStackLogger() : undefined;
+    if (stackLogger !== undefined) warnOnce(stackLogger, 'ERR_RATE_LIMIT_OUTSIDE_STACK', { limiter: prefix }, prefix);
+    return new LimiterState(runtime, runtime.stores.create(factory), () => new MemoryRateLimitStore(maxKeys, now), prefix, failMode);
+  });
 
   function respond(req: Request, res: Response, next: NextFunction, state: LimiterState, tier: CompiledTier, d: RateLimitDecision, local: boolean): void {
     const h = local ? tier.fallbackHeaders : tier.headers;
@@ -147,7 +160,7 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
       if (legacy) setLegacyHeaders(res, h, d, now());
       if (ietf) setIetfHeaders(res, h, d);
     }
-    if (d.outcome === 0) return next();
+    if (d.outcome === 'allowed') return next();
     // Before routing (the stack's limiter) no route is known yet: routeTemplate says '#unmatched'.
     state.rejections.inc({ key_type: key.type(req), route: routeTemplate(req) });
     next(rejection(local ? tier.fallback : tier.policy, h, d));
@@ -156,6 +169,9 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
   function degrade(req: Request, res: Response, next: NextFunction, state: LimiterState, tier: CompiledTier, id: string, cost: number): void {
     if (failMode === 'open') return next();
     if (failMode === 'closed') return next(new ServiceUnavailableError('Rate limiting is unavailable right now; try again shortly.'));
+    if (!memoryBeforeConnect && state.beforeConnect) {
+      return next(new ServiceUnavailableError('Rate limiting is not connected to its store yet; try again shortly.').withHeaders({ 'Retry-After': '1' }));
+    }
     respond(req, res, next, state, tier, state.local().consume(id, tier.fallback, cost), true);
   }
 
@@ -167,19 +183,22 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
     const tier = (tierName !== undefined && tiers.get(tierName)) || defaultTier;
     const cost = costOf === undefined ? fixedCost : checkCost(costOf(req));
     const id = key.id(req);
-    if (state.outage && !state.mayProbe()) return degrade(req, res, next, state, tier, id, cost);
+    // While the store is down, one request a second tries it; the others take the fail mode at once.
+    // Once the store connects for the first time, the next request tries it at once.
+    if (!state.outage.mayTry() && !(state.beforeConnect && state.connected())) return degrade(req, res, next, state, tier, id, cost);
 
     let pending: RateLimitDecision | Promise<RateLimitDecision>;
     try {
       pending = state.store.consume(id, tier.policy, cost, storeTimeout);
     } catch (err) {
-      state.failed(err);
+      state.failed(err, performance.now());
       return degrade(req, res, next, state, tier, id, cost);
     }
     if (!isPromise(pending)) {
       state.answered();
       return respond(req, res, next, state, tier, pending, false);
     }
+    const startedAt = performance.now();
     pending.then(
       (d) => {
         state.answered();
@@ -190,7 +209,7 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
         }
       },
       (err: unknown) => {
-        state.failed(err);
+        state.failed(err, startedAt);
         try {
           degrade(req, res, next, state, tier, id, cost);
         } catch (thrown) {
@@ -205,24 +224,35 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
 class LimiterState {
   readonly store: RateLimitStore;
   readonly rejections: Counter<'key_type' | 'route'>;
+  readonly outage: StoreOutage;
   private readonly storeErrors: Counter<string>;
-  private readonly logger: Logger;
   private fallback?: MemoryRateLimitStore;
-  outage = false;
-  private probing = false;
-  private nextProbeAt = 0;
+  private readonly readiness: PerimeterRuntime['stores']['readiness'];
+  /** The store has failed and never connected yet: the default fail mode answers 503 (see degrade). */
+  beforeConnect = false;
 
   constructor(
     runtime: PerimeterRuntime,
     store: RateLimitStore,
     private readonly makeFallback: () => MemoryRateLimitStore,
-    private readonly prefix: string,
-    private readonly failMode: 'open' | 'closed' | 'memory',
+    prefix: string,
+    failMode: 'open' | 'closed' | 'memory',
   ) {
     this.store = store;
-    this.logger = runtime.logger;
+    this.readiness = runtime.stores.readiness;
     this.rejections = counter(runtime.registry, 'rate_limit_rejections_total', 'Requests refused by rateLimit (429)', ['key_type', 'route']);
     this.storeErrors = counter(runtime.registry, 'rate_limit_store_errors_total', 'Rate-limit decisions whose store failed or answered too late', []);
+    this.outage = new StoreOutage({
+      logger: runtime.logger,
+      down: { code: 'ERR_RATE_LIMIT_STORE_UNAVAILABLE', message: `Rate limiting store failed; ${FAIL_MODE_TEXT[failMode]} until it answers again` },
+      up: { code: 'ERR_RATE_LIMIT_STORE_RECOVERED', message: 'Rate limiting is back on its shared store' },
+      fields: { limiter: prefix, fail_mode: failMode },
+    });
+  }
+
+  /** Whether the shared store has connected at least once (memory: always). */
+  connected(): boolean {
+    return this.readiness === undefined || this.readiness.every((r) => r.connected);
   }
 
   /** The local limiter of `onStoreError: 'memory'`, made on first use. */
@@ -230,33 +260,16 @@ class LimiterState {
     return (this.fallback ??= this.makeFallback());
   }
 
-  /** During an outage: whether this request may try the store (one at a time, once a second). */
-  mayProbe(): boolean {
-    if (this.probing || Date.now() < this.nextProbeAt) return false;
-    this.probing = true;
-    return true;
-  }
-
+  /** A store call answered. */
   answered(): void {
-    this.probing = false;
-    if (!this.outage) return;
-    this.outage = false;
-    this.logger.info('Rate limiting is back on its shared store', { code: 'ERR_RATE_LIMIT_STORE_RECOVERED', limiter: this.prefix });
+    this.beforeConnect = false;
+    this.outage.answered();
   }
 
-  failed(err: unknown): void {
+  failed(err: unknown, startedAt: number): void {
     this.storeErrors.inc();
-    this.probing = false;
-    this.nextProbeAt = Date.now() + PROBE_INTERVAL_MS;
-    if (this.outage) return;
-    this.outage = true;
-    const e = err instanceof Error ? { name: err.name, message: err.message } : { message: String(err) };
-    this.logger.warn(`Rate limiting store failed; ${FAIL_MODE_TEXT[this.failMode]} until it answers again`, {
-      code: 'ERR_RATE_LIMIT_STORE_UNAVAILABLE',
-      limiter: this.prefix,
-      fail_mode: this.failMode,
-      err: e,
-    });
+    if (!this.connected()) this.beforeConnect = true;
+    this.outage.failed(err, startedAt);
   }
 }
 
@@ -268,10 +281,10 @@ const FAIL_MODE_TEXT = {
 
 function setLegacyHeaders(res: Response, h: TierHeaders, d: RateLimitDecision, now: number): void {
   // Legacy fields carry one policy: whichever binds now, the window or the daily quota.
-  const daily = d.dailyRemaining >= 0 && (d.outcome === 2 || d.dailyRemaining < d.remaining);
+  const daily = d.dailyRemaining >= 0 && (d.outcome === 'quota' || d.dailyRemaining < d.remaining);
   const remaining = daily ? d.dailyRemaining : d.remaining;
   // Refused: the reset is when this request could pass, so it agrees with Retry-After.
-  const resetMs = d.outcome === 0 ? (daily ? d.dailyResetMs : d.resetMs) : d.retryAfterMs;
+  const resetMs = d.outcome === 'allowed' ? (daily ? d.dailyResetMs : d.resetMs) : d.retryAfterMs;
   res.setHeader('X-RateLimit-Limit', daily ? h.dailyLimit : h.limit);
   res.setHeader('X-RateLimit-Remaining', String(remaining));
   res.setHeader('X-RateLimit-Reset', String(Math.ceil((now + resetMs) / 1000)));
@@ -280,7 +293,7 @@ function setLegacyHeaders(res: Response, h: TierHeaders, d: RateLimitDecision, n
 function setIetfHeaders(res: Response, h: TierHeaders, d: RateLimitDecision): void {
   res.setHeader('RateLimit-Policy', h.policy);
   // A refused request's effective window ends when it could pass (the draft: Retry-After is not earlier).
-  const t = Math.ceil((d.outcome === 1 ? d.retryAfterMs : d.resetMs) / 1000);
+  const t = Math.ceil((d.outcome === 'limited' ? d.retryAfterMs : d.resetMs) / 1000);
   let value = `${h.item};r=${d.remaining};t=${t}`;
   if (d.dailyRemaining >= 0) value += `, ${h.dailyItem};r=${d.dailyRemaining};t=${Math.ceil(d.dailyResetMs / 1000)}`;
   res.setHeader('RateLimit', value);
@@ -288,7 +301,7 @@ function setIetfHeaders(res: Response, h: TierHeaders, d: RateLimitDecision): vo
 
 function rejection(policy: { limit: number; daily: number }, h: TierHeaders, d: RateLimitDecision): RateLimitError {
   const retry = Math.max(1, Math.ceil(d.retryAfterMs / 1000));
-  if (d.outcome === 2) {
+  if (d.outcome === 'quota') {
     return new QuotaExceededError(
       `The daily quota of ${policy.daily} requests is used up; it renews at 00:00 UTC, in ${retry} s.`,
       { limit: policy.daily, window: 86400, retry_after: retry },

@@ -6,6 +6,7 @@ import { ConfigError } from '../lib/errors';
 import { checkOptions } from '../lib/options';
 import { setIdentity } from '../lib/request-slots';
 import { runtimeOf } from '../lib/runtime';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link requestId}. */
 export interface RequestIdOptions {
@@ -27,10 +28,16 @@ export interface RequestIdOptions {
 // 1–128 characters of a safe alphabet: anything else (control characters, quotes, very long
 // values) is replaced, never echoed, so the id cannot inject into logs or headers.
 const VALID_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-const TRACEPARENT = /^[\da-f]{2}-([\da-f]{32})-[\da-f]{16}-[\da-f]{2}$/;
-const CLOUD_TRACE = /^([\da-fA-F]{32})(?:\/\d+)?(?:;o=[01])?$/;
+// W3C Trace Context: the fields of version 00, in lowercase hex only.
+const TRACEPARENT_00 = /^[\da-f]{2}-([\da-f]{32})-([\da-f]{16})-[\da-f]{2}$/;
+const TRACEPARENT_LENGTH = 55;
+const ZERO_TRACE_ID = '0'.repeat(32);
+const ZERO_PARENT_ID = '0'.repeat(16);
+// Google's `TRACE_ID/SPAN_ID;o=OPTIONS`: span id decimal (64 bits), options 0 or 1.
+const CLOUD_TRACE = /^([\da-fA-F]{32})(?:\/\d{1,20})?(?:;o=[01])?$/;
 
 /** Gives every request an id: the client's `X-Request-ID` (or trace id) when valid, else a new UUID. Sets `req.id`, `req.context` and the response header. */
+export function requestId(options?: RequestIdOptions): PerimeterHandler;
 export function requestId(options: RequestIdOptions = {}): RequestHandler {
   checkOptions('requestId', options, ['header', 'generator', 'trustIncoming', 'asyncContext']);
   const header = options.header ?? 'X-Request-ID';
@@ -49,9 +56,9 @@ export function requestId(options: RequestIdOptions = {}): RequestHandler {
       const incoming = req.headers[headerKey];
       if (typeof incoming === 'string' && VALID_ID.test(incoming)) id = incoming;
       const traceparent = req.headers.traceparent;
-      if (typeof traceparent === 'string') traceId = TRACEPARENT.exec(traceparent)?.[1];
+      if (typeof traceparent === 'string') traceId = traceparentTraceId(traceparent);
       const cloudTrace = req.headers['x-cloud-trace-context'];
-      if (traceId === undefined && typeof cloudTrace === 'string') traceId = CLOUD_TRACE.exec(cloudTrace)?.[1];
+      if (traceId === undefined && typeof cloudTrace === 'string') traceId = cloudTraceId(cloudTrace);
       id ??= traceId;
     }
     id ??= generate();
@@ -62,6 +69,29 @@ export function requestId(options: RequestIdOptions = {}): RequestHandler {
     if (asyncContext) runWithContext(ctx, next);
     else next();
   };
+}
+
+/**
+ * The trace id of a `traceparent` header valid under W3C Trace Context, else undefined (the
+ * header is then ignored, as the spec asks: the trace restarts). Version `ff` and all-zero trace
+ * or parent ids are invalid; version 00 is exactly 55 characters; a later version is read from
+ * its first 55 characters, which must be followed by the end or a `-` (its own extra fields).
+ * An all-zero id taken as the request id would join unrelated requests under one id.
+ */
+function traceparentTraceId(value: string): string | undefined {
+  if (value.length < TRACEPARENT_LENGTH) return undefined;
+  const version = value.slice(0, 2);
+  if (version === 'ff') return undefined;
+  if (value.length > TRACEPARENT_LENGTH && (version === '00' || value.charCodeAt(TRACEPARENT_LENGTH) !== 45 /* - */)) return undefined;
+  const match = TRACEPARENT_00.exec(value.length === TRACEPARENT_LENGTH ? value : value.slice(0, TRACEPARENT_LENGTH));
+  if (match === null || match[1] === ZERO_TRACE_ID || match[2] === ZERO_PARENT_ID) return undefined;
+  return match[1];
+}
+
+/** The trace id of an `X-Cloud-Trace-Context` header (lowercased, as Cloud Trace writes it), else undefined; all zeros is no trace. */
+function cloudTraceId(value: string): string | undefined {
+  const id = CLOUD_TRACE.exec(value)?.[1].toLowerCase();
+  return id === ZERO_TRACE_ID ? undefined : id;
 }
 
 function pickGenerator(generator: RequestIdOptions['generator']): () => string {

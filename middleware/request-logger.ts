@@ -1,10 +1,12 @@
 import type { Request, RequestHandler, Response } from 'express';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import type { Logger } from '../lib/logger';
 import { clientIp } from '../lib/client-ip';
 import { contextOf } from '../lib/context';
 import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
+import { isProbe } from '../lib/lifecycle/probe';
 
 /** Options of {@link requestLogger}. */
 export interface RequestLoggerOptions {
@@ -25,10 +27,12 @@ const SEVERITY: Record<string, string> = { error: 'ERROR', warn: 'WARNING', info
 /**
  * One JSON line per request when it finishes ("Request completed"): request_id, method, path,
  * status_code, duration_ms, ip, user_agent, device, user_id, tenant_id, cache_hit; level error
- * for 5xx, warn for 4xx, info otherwise. Sets `X-Response-Time`.
+ * for 5xx, warn for 4xx, info otherwise; debug for health probes. Sets `X-Response-Time`.
  */
+export function requestLogger(options?: RequestLoggerOptions): PerimeterHandler;
 export function requestLogger(options: RequestLoggerOptions = {}): RequestHandler {
   checkOptions('requestLogger', options, ['logger', 'format', 'gcpProject', 'skip', 'responseTime']);
+  checkCallback('requestLogger.skip', options.skip, '(req, res) => boolean');
   const format = oneOf('requestLogger.format', options.format ?? (process.env.LOG_FORMAT === 'gcp' ? 'gcp' : 'json'), ['json', 'gcp'] as const);
   const gcpProject = options.gcpProject ?? process.env.GOOGLE_CLOUD_PROJECT;
   const skipPaths = Array.isArray(options.skip) ? new Set(options.skip) : undefined;
@@ -45,7 +49,8 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
       const durationMs = Math.round(Number(process.hrtime.bigint() - start) / 1e4) / 100;
       const status = res.statusCode;
       const aborted = !res.writableFinished;
-      const level = status >= 500 ? 'error' : status >= 400 || aborted ? 'warn' : 'info';
+      // Probes come every few seconds from every balancer: debug, whatever their status (readiness logs its own changes).
+      const level = isProbe(req) ? 'debug' : status >= 500 ? 'error' : status >= 400 || aborted ? 'warn' : 'info';
       const ctx = context ?? contextOf(req);
       const line: Record<string, unknown> = {
         request_id: req.id,

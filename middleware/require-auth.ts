@@ -1,10 +1,11 @@
 import type { NextFunction, Request, RequestHandler } from 'express';
 import { AuthenticationError, ConfigError, ForbiddenError } from '../lib/errors';
-import { checkOptions } from '../lib/options';
+import { checkOptions, refuseRequest } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import { describe } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
 import { authSawRequest, recordFailure } from './auth';
+import type { PerimeterHandler } from '../types/express-augment';
 
 // Guards take no options today; the parameter exists so app.use(requireAuth) (without the call)
 // is caught with an explanation instead of hanging every request.
@@ -21,6 +22,7 @@ function refuseAnonymous(req: Request, next: NextFunction, message: string): voi
  * 401 AUTHENTICATION_REQUIRED unless `auth` authenticated the request (by JWT or API key).
  * Use it behind `auth({ required: false })` on the routes that need a caller.
  */
+export function requireAuth(options?: GuardOptions): PerimeterHandler;
 export function requireAuth(options?: GuardOptions): RequestHandler {
   checkOptions('requireAuth', options, []);
   return function requireAuthMiddleware(req, _res, next) {
@@ -35,6 +37,7 @@ export function requireAuth(options?: GuardOptions): RequestHandler {
  * endpoint is for machine clients, which `req.apiKey` identifies for usage tracking. Invalid keys
  * never reach the guard: `auth` has already answered 401 INVALID_API_KEY.
  */
+export function requireApiKey(options?: GuardOptions): PerimeterHandler;
 export function requireApiKey(options?: GuardOptions): RequestHandler {
   checkOptions('requireApiKey', options, []);
   return function requireApiKeyMiddleware(req, _res, next) {
@@ -53,8 +56,10 @@ export function requireApiKey(options?: GuardOptions): RequestHandler {
  * 403 FORBIDDEN unless `req.user.roles` holds at least one of `roles`; 401 AUTHENTICATION_REQUIRED
  * when the request is anonymous. API-key requests carry no roles, so they get 403.
  */
+export function requireRole(...roles: Array<string | string[]>): PerimeterHandler;
 export function requireRole(...roles: Array<string | string[]>): RequestHandler {
   const first = roles[0] as unknown;
+  refuseRequest('requireRole', first, "requireRole('admin')");
   if (first !== null && typeof first === 'object' && !Array.isArray(first)) {
     checkOptions('requireRole', first as object, []);
   }

@@ -2,9 +2,10 @@ import type { RequestHandler } from 'express';
 import { ConfigError, NotFoundError } from '../lib/errors';
 import { checkFlagName, compileFlags, type CompiledFlag, type FlagInput } from '../lib/flags/definition';
 import { countryReader, DEFAULT_COUNTRY_HEADERS, RequestFeatureSet } from '../lib/flags/request-features';
-import { checkOptions } from '../lib/options';
+import { checkOptions, refuseRequest } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import { warnOnce } from '../lib/warnings';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link requireFeature}. */
 export interface RequireFeatureOptions {
@@ -20,7 +21,9 @@ const MESSAGE = 'This endpoint is not available.';
  * (the `featureFlags` middleware, or the stack's), or evaluated from the guard's own `flags`.
  * Without either, every request is refused and ERR_FEATURE_WITHOUT_FLAGS is logged once.
  */
+export function requireFeature(name: string, options?: RequireFeatureOptions): PerimeterHandler;
 export function requireFeature(name: string, options?: RequireFeatureOptions): RequestHandler {
+  refuseRequest('requireFeature', name, "requireFeature('new-ui')");
   if (typeof name === 'object' && name !== null) {
     throw new ConfigError('requireFeature', "expected the flag name first: requireFeature('new-ui') or requireFeature('new-ui', { flags })");
   }

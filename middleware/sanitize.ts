@@ -9,6 +9,7 @@ import { compileAllow } from '../lib/sanitize/allow';
 import { DETECTORS, detectAttacks } from '../lib/sanitize';
 import type { Action, Category } from '../lib/sanitize/types';
 import { Walk, type CategoryCheck, type Finding, type WalkConfig } from '../lib/sanitize/walker';
+import type { PerimeterHandler } from '../types/express-augment';
 
 export { detectAttacks };
 /** What `sanitize` does with a category: remove the dangerous part, answer 400, only log and count, or nothing. */
@@ -67,6 +68,7 @@ const MAX_LOGGED = 10;
  * `__proto__`, `constructor` and `prototype` are always dropped. On Express 5, `req.query`
  * becomes an own property holding the cleaned query.
  */
+export function sanitize(options?: SanitizeOptions): PerimeterHandler;
 export function sanitize(options: SanitizeOptions = {}): RequestHandler {
   checkOptions('sanitize', options, KNOWN);
   const checks: CategoryCheck[] = [];

@@ -1,6 +1,7 @@
 import type { RequestHandler } from 'express';
 import helmet, { type HelmetOptions } from 'helmet';
 import { checkOptions } from '../lib/options';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link securityHeaders}: helmet's options, merged over the API defaults. */
 export type SecurityHeadersOptions = HelmetOptions;
@@ -37,6 +38,7 @@ const HELMET_KEYS = [
  * `Strict-Transport-Security: max-age=31536000; includeSubDomains`,
  * CSP `default-src 'none'; frame-ancestors 'none'`, `Referrer-Policy: no-referrer`, no `X-Powered-By`.
  */
+export function securityHeaders(options?: SecurityHeadersOptions): PerimeterHandler;
 export function securityHeaders(options: SecurityHeadersOptions = {}): RequestHandler {
   checkOptions('securityHeaders', options, HELMET_KEYS);
   // helmet rejects an option given under both its old and new name; a user's old name wins.

@@ -1,12 +1,13 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import typeis from 'type-is';
 import { ConfigError, PayloadTooLargeError, UnsupportedMediaTypeError } from '../lib/errors';
-import { answerEarly } from '../lib/late-response';
+import { answerEarly, lingeringClose } from '../lib/late-response';
 import { checkOptions } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import type { StackHandler } from '../lib/stack-entries';
 import { describe, parseBytes } from '../lib/units';
 import { onResponseDone } from '../lib/response-done';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link sizeLimit}. */
 export interface SizeLimitOptions {
@@ -28,10 +29,6 @@ interface SizeLimitConfig {
 }
 
 const GUARD = Symbol('express-perimeter.sizeLimit');
-// How long the rest of a refused upload is read and thrown away after the 413 went out. Cutting
-// the connection while the client still sends makes most clients report a reset instead of the
-// 413; reading forever would let one client hold the connection at will (nginx's lingering close).
-const LINGER_MS = 5000;
 
 // The largest limit any sizeLimit() outside a stack was created with: a stack defers a body up
 // to this size to the route, whose own sizeLimit may allow it. Beyond it nothing could.
@@ -45,6 +42,7 @@ let largestRouteLimit = 0;
  * The innermost sizeLimit wins: one on a route sets the limit for that route's requests, smaller
  * or larger than the stack's (see the README for what a stack can and cannot defer to a route).
  */
+export function sizeLimit(options?: SizeLimitOptions): PerimeterHandler;
 export function sizeLimit(options: SizeLimitOptions = {}): RequestHandler {
   const config = parseOptions(options);
   largestRouteLimit = Math.max(largestRouteLimit, config.ceiling);
@@ -185,7 +183,6 @@ class BodyGuard {
   private readonly endPassed: boolean;
   private ended: boolean;
   private responseDone = false;
-  private linger: NodeJS.Timeout | undefined;
   private readonly push: Request['push'];
   private readonly onNewListener = (event: string | symbol): void => {
     if (this.state === DEFERRED && (event === 'data' || event === 'readable')) this.trip(undefined);
@@ -297,25 +294,15 @@ class BodyGuard {
     if (this.ended) return this.settle();
     const socket = this.req.socket;
     if (socket === null || socket.destroyed) return cutOff(this.req);
-    // Drain the rest so the client can read its 413, but only for so long, and a reader still
-    // waiting goes when the connection does (Node no longer tracks a request it has answered).
-    this.req.resume();
-    this.linger = setTimeout(cutOff, LINGER_MS, this.req).unref();
-    socket.once('close', this.onSocketClose);
+    // The rest of the body is still on its way: the 413 said `Connection: close` (or the handler
+    // had answered before the body grew too large); the connection ends without a reset, and a
+    // reader still waiting goes with it.
+    lingeringClose(socket, this.req);
   }
-
-  private readonly onSocketClose = (): void => {
-    if (this.linger !== undefined) clearTimeout(this.linger);
-    cutOff(this.req);
-  };
 
   /** Once the 413 is out and the body is in, a reader still waiting for its end is cut off. */
   private settle(): void {
     if (!this.ended || !this.responseDone) return;
-    if (this.linger !== undefined) {
-      clearTimeout(this.linger);
-      this.req.socket?.removeListener('close', this.onSocketClose);
-    }
     // Destroying the request closes the connection; with the whole body read, that is a clean close.
     if (hasReader(this.req)) cutOff(this.req);
   }

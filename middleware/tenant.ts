@@ -1,12 +1,13 @@
-import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import type { NextFunction, Request, Response } from 'express';
 import { LRUCache } from 'lru-cache';
 import type { Counter } from 'prom-client';
 import { ConfigError, ForbiddenError, NotFoundError } from '../lib/errors';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions, oneOf } from '../lib/options';
+import { checkCallback, checkOptions, oneOf } from '../lib/options';
 import { perRuntime } from '../lib/runtime';
 import { describe, parseDuration } from '../lib/units';
 import type { TenantInfo } from '../types/express-augment';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Where a tenant id can come from. */
 export type TenantSource = 'subdomain' | 'header' | 'jwt' | 'path';
@@ -58,7 +59,7 @@ export interface TenantOptions {
 }
 
 /** The `tenant` middleware, with its run-time method. */
-export interface TenantHandler extends RequestHandler {
+export interface TenantHandler extends PerimeterHandler {
   /** Forgets the cached answer of `resolve` for `id`, or every answer without one (after a tenant is created, changed or removed). */
   invalidate(id?: string): void;
 }
@@ -133,6 +134,7 @@ export function tenant(options: TenantOptions = {}): TenantHandler {
   const fromJwt = from.indexOf('jwt');
 
   const listed = parseTenants(options.tenants, normalize);
+  checkCallback('tenant.resolve', options.resolve, '(id) => config');
   const resolver = options.resolve;
   if (resolver !== undefined && typeof resolver !== 'function') {
     throw new ConfigError('tenant.resolve', `expected an async function (id) => config | null, got ${describe(resolver)}`);

@@ -3,8 +3,9 @@ import { ConfigError, GatewayTimeoutError, HttpError } from '../lib/errors';
 import { answerEarly } from '../lib/late-response';
 import { checkOptions } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
-import { parseDuration } from '../lib/units';
+import { parseDuration, warnIfSecondsMeant } from '../lib/units';
 import { defineOwn, peekSlots, responseSlots, slotsOf } from '../lib/request-slots';
+import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link timeout}. */
 export interface TimeoutOptions {
@@ -81,9 +82,11 @@ function setSignal(this: Request, value: AbortSignal): void {
  * the request keeps one signal throughout. After a timeout every late write of the handler is
  * dropped (logged once at debug as ERR_TIMEOUT_LATE_WRITE).
  */
+export function timeout(options?: TimeoutOptions): PerimeterHandler;
 export function timeout(options: TimeoutOptions = {}): RequestHandler {
   checkOptions('timeout', options, ['ms']);
   const ms = parseDuration(options.ms ?? 30000, 'timeout.ms');
+  warnIfSecondsMeant(options.ms, 'timeout.ms', 'request timeout');
   if (ms > MAX_DELAY) {
     throw new ConfigError('timeout.ms', `${ms} ms is longer than the largest timer Node.js supports (${MAX_DELAY} ms, about 24 days); use 0 to turn the deadline off`);
   }

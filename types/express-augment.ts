@@ -1,3 +1,5 @@
+import type { IncomingMessage } from 'node:http';
+import type { NextFunction, Request, Response } from 'express';
 import type { RequestContext, ContextUser } from '../lib/context';
 
 /** How the request authenticated, as `auth` sets it on `req.auth`. */
@@ -29,6 +31,44 @@ export interface RequestFeatures {
   all(): Record<string, boolean>;
 }
 
+/**
+ * A middleware as express-perimeter's factories return it. It is generic over Express's request
+ * type parameters, like a handler written inline, so adding it to a route leaves the route's own
+ * typing alone: in `app.get('/x/:id', rateLimit(), (req) => …)`, `req.params.id` stays a
+ * `string`. (Typed as Express's `RequestHandler`, its default `ParamsDictionary` would become the
+ * params of the whole route, and `id` a `string | string[]` under @types/express 5.) It is
+ * assignable to `RequestHandler` wherever one is expected. Each factory declares it as its public
+ * signature and builds the handler itself as a plain `RequestHandler`.
+ */
+export interface PerimeterHandler {
+  <P = Request['params'], ResBody = any, ReqBody = any, ReqQuery = Request['query'], Locals extends Record<string, any> = Record<string, any>>(
+    req: Request<P, ResBody, ReqBody, ReqQuery, Locals>,
+    res: Response<ResBody, Locals>,
+    next: NextFunction,
+  ): void;
+}
+
+/** An error handler as `errorNormalizer` returns it: generic for the same reason as {@link PerimeterHandler}. */
+export interface PerimeterErrorHandler {
+  <P = Request['params'], ResBody = any, ReqBody = any, ReqQuery = Request['query'], Locals extends Record<string, any> = Record<string, any>>(
+    err: any,
+    req: Request<P, ResBody, ReqBody, ReqQuery, Locals>,
+    res: Response<ResBody, Locals>,
+    next: NextFunction,
+  ): void;
+}
+
+// Node's typings declare `IncomingMessage.signal` from v26 on (`readonly signal: AbortSignal`).
+// Express's `Request` extends both `IncomingMessage` and `Express.Request`, and TypeScript refuses
+// two bases whose `signal` declarations differ in any way, so `req.signal` is declared here only
+// when Node's typings lack it; either way it reads as a readonly AbortSignal.
+type RequestSignal = 'signal' extends keyof IncomingMessage
+  ? Record<never, never>
+  : {
+      /** Aborted when the request times out or the client disconnects. Set by `timeout`. */
+      readonly signal: AbortSignal;
+    };
+
 declare global {
   // eslint-disable-next-line @typescript-eslint/no-namespace
   namespace Express {
@@ -36,13 +76,11 @@ declare global {
     // eslint-disable-next-line @typescript-eslint/no-empty-object-type
     interface User extends Partial<ContextUser> {}
 
-    interface Request {
+    interface Request extends RequestSignal {
       /** The request id (`X-Request-ID`). Set by `requestId`. */
       id: string;
       /** What is known about this request. Set by `requestId` (or the first perimeter middleware). */
       context: RequestContext;
-      /** Aborted when the request times out or the client disconnects. Set by `timeout`. */
-      signal: AbortSignal;
       /** The authenticated user. Set by `auth`. */
       user?: User;
       /** The API key that authenticated the request. Set by `auth`. */
@@ -56,5 +94,3 @@ declare global {
     }
   }
 }
-
-export {};

@@ -48,8 +48,11 @@ export function uniquePrefix(): string {
   return `test:${randomUUID().slice(0, 8)}:`;
 }
 
-/** Waits until `check` passes or `ms` elapse. */
-export async function eventually(check: () => void | Promise<void>, ms = 2000): Promise<void> {
+/**
+ * Waits until `check` passes or `ms` elapse. The deadline only bounds a failure: on a loaded
+ * machine (several suites at once on two cores) a change that takes milliseconds can take seconds.
+ */
+export async function eventually(check: () => void | Promise<void>, ms = 5000): Promise<void> {
   const deadline = Date.now() + ms;
   for (;;) {
     try {

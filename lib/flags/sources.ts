@@ -131,7 +131,14 @@ export function storeSource(store: FlagsStore, syncIntervalMs: number, option: s
   return {
     origin: store.location,
     async load() {
-      const raw = await store.load();
+      let raw: Record<string, string>;
+      try {
+        raw = await store.load();
+      } catch (err) {
+        // One message for the whole outage, whatever each attempt met (a timeout, a refused
+        // connection), so it is logged once; the connection logs the cause.
+        throw new Error(`the flag store (${store.location}) is unavailable`, { cause: err });
+      }
       const out: Record<string, unknown> = {};
       for (const [name, json] of Object.entries(raw)) {
         try {

@@ -2,9 +2,9 @@ import { createHash } from 'node:crypto';
 import type { Request } from 'express';
 import type ipaddr from 'ipaddr.js';
 import { ConfigError } from '../errors';
-import { parseIp } from '../ip-list';
+import { parseClientAddress } from '../ip-list';
 import { describe } from '../units';
-import { clientIp } from '../client-ip';
+import { requireClientIp } from '../client-ip';
 
 /** What a rate limit counts per: a built-in kind, or a function returning the client's id. */
 export type RateLimitKey = 'ip' | 'user' | 'apiKey' | 'tenant' | ((req: Request) => string | number | undefined | null);
@@ -21,15 +21,16 @@ export interface ClientKey {
 }
 
 /**
- * The client part of a rate-limit key for an address. IPv4 (and IPv4-mapped IPv6) as is; IPv6
- * grouped by its /64, because one subscriber is routinely handed a whole /64 and could otherwise
- * rotate through 2^64 addresses, each with a fresh limit.
+ * The client part of a rate-limit key for an address (any spelling `clientIp` accepts; the
+ * middleware passes its canonical form). IPv4 (and IPv4-mapped IPv6) as is; IPv6 grouped by its
+ * /64, because one subscriber is routinely handed a whole /64 and could otherwise rotate through
+ * 2^64 addresses, each with a fresh limit.
  */
 export function ipKey(ip: string | undefined): string {
   if (!ip) return 'unknown';
-  // Express already gives dotted IPv4 in canonical form: the common case needs no parsing.
-  if (ip.indexOf(':') === -1) return ip;
-  const addr = parseIp(ip);
+  // clientIp gives IPv4 in canonical form: the common case needs no parsing.
+  if (ip.indexOf(':') === -1 && ip.indexOf('%') === -1) return ip;
+  const addr = parseClientAddress(ip);
   if (addr === undefined) return ip;
   if (addr.kind() === 'ipv4') return addr.toString();
   const p = (addr as ipaddr.IPv6).parts;
@@ -48,16 +49,16 @@ export function clientKey(option: RateLimitKey | undefined): ClientKey {
         const key = apiKeyId(req);
         if (key !== undefined) return scoped(req, `key:${key}`);
         const user = req.user?.id;
-        return scoped(req, user === undefined || user === null || user === '' ? `ip:${ipKey(clientIp(req))}` : `user:${String(user)}`);
+        return scoped(req, user === undefined || user === null || user === '' ? `ip:${ipKey(requireClientIp(req))}` : `user:${String(user)}`);
       },
       type: (req) => (apiKeyId(req) !== undefined ? 'apiKey' : hasValue(req.user?.id) ? 'user' : 'ip'),
     };
   }
-  if (option === 'ip') return { id: (req) => scoped(req, `ip:${ipKey(clientIp(req))}`), type: () => 'ip' };
+  if (option === 'ip') return { id: (req) => scoped(req, `ip:${ipKey(requireClientIp(req))}`), type: () => 'ip' };
   if (option === 'user') {
     // Anonymous requests fall back to their address rather than sharing one bucket.
     return {
-      id: (req) => scoped(req, hasValue(req.user?.id) ? `user:${String(req.user?.id)}` : `ip:${ipKey(clientIp(req))}`),
+      id: (req) => scoped(req, hasValue(req.user?.id) ? `user:${String(req.user?.id)}` : `ip:${ipKey(requireClientIp(req))}`),
       type: (req) => (hasValue(req.user?.id) ? 'user' : 'ip'),
     };
   }
@@ -65,7 +66,7 @@ export function clientKey(option: RateLimitKey | undefined): ClientKey {
     return {
       id: (req) => {
         const key = apiKeyId(req);
-        return scoped(req, key !== undefined ? `key:${key}` : `ip:${ipKey(clientIp(req))}`);
+        return scoped(req, key !== undefined ? `key:${key}` : `ip:${ipKey(requireClientIp(req))}`);
       },
       type: (req) => (apiKeyId(req) !== undefined ? 'apiKey' : 'ip'),
     };
@@ -73,7 +74,7 @@ export function clientKey(option: RateLimitKey | undefined): ClientKey {
   if (option === 'tenant') {
     // The tenant is the key itself here, so it is not joined a second time.
     return {
-      id: (req) => bounded(hasValue(req.tenant?.id) ? `tenant:${String(req.tenant?.id)}` : `ip:${ipKey(clientIp(req))}`),
+      id: (req) => bounded(hasValue(req.tenant?.id) ? `tenant:${String(req.tenant?.id)}` : `ip:${ipKey(requireClientIp(req))}`),
       type: (req) => (hasValue(req.tenant?.id) ? 'tenant' : 'ip'),
     };
   }
@@ -81,7 +82,7 @@ export function clientKey(option: RateLimitKey | undefined): ClientKey {
     return {
       id: (req) => {
         const value = option(req);
-        return scoped(req, hasValue(value) ? `custom:${String(value)}` : `ip:${ipKey(clientIp(req))}`);
+        return scoped(req, hasValue(value) ? `custom:${String(value)}` : `ip:${ipKey(requireClientIp(req))}`);
       },
       type: () => 'custom',
     };

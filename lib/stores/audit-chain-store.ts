@@ -70,7 +70,9 @@ export interface AuditStreamStoreOptions {
 
 // KEYS: head, stream, batch marker, turn. ARGV: chained ('1'|'0'), genesis, expected hash, next
 // hash, next seq, maxLen (0 = none), marker ttl ms, batch id, claim turn ('1'|'0'), turn ttl ms,
-// then event/json pairs.
+// then event/json pairs (the connection's fence has already taken its deadline off the end).
+// An append that timed out is either refused by the fence when it arrives late, or it ran in time
+// and left its marker, so the queue's retry of the same batch id adds nothing twice.
 const APPEND = `
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'duplicate'} end
 if ARGV[1] == '1' then

@@ -1,8 +1,7 @@
-import type { MemoryStores } from './memory';
+import { perStores } from './per-stores';
 import type { RedisStores } from './redis';
 import type { RedisConnection } from './redis-connection';
 import type { StoreFactory } from './types';
-import { LUA_NOW_MS } from './lua';
 
 /** One announced transition of a named breaker, as every instance receives it. */
 export interface BreakerAnnouncement {
@@ -16,18 +15,34 @@ export interface BreakerAnnouncement {
   origin: string;
 }
 
+/** What {@link BreakerStateStore.announce} did. */
+export type AnnounceResult =
+  /** Recorded and announced as `gen`. */
+  | { applied: true; gen: number }
+  /** Refused: the record moved past the announcer's knowledge (another instance decided since); `current` is it. */
+  | { applied: false; current: BreakerAnnouncement };
+
 /**
  * Shared circuit state: where breakers of the same name on the same stores announce their moves
  * to OPEN and CLOSED, and where a new instance reads the current state. Announcements are ordered
  * (`gen`), so every instance ends in the state of the last one.
+ *
+ * An announcement is a compare-and-set: it names the last `gen` its announcer knew of, and is
+ * refused when another instance recorded a newer one meanwhile, so a decision made on stale
+ * knowledge (or one that arrives late) never overrides a newer state.
  */
 export interface BreakerStateStore {
-  /** Stores the state and announces it to every subscriber of `name` (the announcer included). */
-  announce(name: string, state: 'OPEN' | 'CLOSED', remainingMs: number, origin: string): Promise<void>;
+  /**
+   * Records the state and announces it to every subscriber of `name` (the announcer included),
+   * unless the record holds an announcement newer than `basedOn` from another origin.
+   */
+  announce(name: string, state: 'OPEN' | 'CLOSED', remainingMs: number, origin: string, basedOn: number): Promise<AnnounceResult>;
   /** Calls `handler` with each announcement for `name`; resolves to the unsubscribe function. */
   subscribe(name: string, handler: (announcement: BreakerAnnouncement) => void): Promise<() => Promise<void>>;
   /** The last announcement for `name` still on record, with `remainingMs` counted from now; undefined if none. */
   load(name: string): Promise<BreakerAnnouncement | undefined>;
+  /** Calls `listener` whenever announcements may have been missed (a connection came back); returns the remover. */
+  onResync(listener: () => void): () => void;
 }
 
 // One process, one clock: announcements are delivered synchronously, in order, to every breaker
@@ -38,11 +53,16 @@ class MemoryBreakerStateStore implements BreakerStateStore {
   private gen = 0;
   constructor(private readonly now: () => number) {}
 
-  async announce(name: string, state: 'OPEN' | 'CLOSED', remainingMs: number, origin: string): Promise<void> {
+  async announce(name: string, state: 'OPEN' | 'CLOSED', remainingMs: number, origin: string, basedOn: number): Promise<AnnounceResult> {
+    const recorded = this.last.get(name);
+    if (recorded !== undefined && recorded.announcement.gen > basedOn && recorded.announcement.origin !== origin) {
+      return { applied: false, current: (await this.load(name)) as BreakerAnnouncement };
+    }
     const announcement: BreakerAnnouncement = { name, state, remainingMs, gen: ++this.gen, origin };
     // Bounded by the number of breaker names, which configuration (or route templates) fixes.
     this.last.set(name, { announcement, at: this.now() });
     for (const handler of [...(this.handlers.get(name) ?? [])]) handler(announcement);
+    return { applied: true, gen: announcement.gen };
   }
 
   async subscribe(name: string, handler: (announcement: BreakerAnnouncement) => void): Promise<() => Promise<void>> {
@@ -63,25 +83,38 @@ class MemoryBreakerStateStore implements BreakerStateStore {
     if (entry === undefined) return undefined;
     return { ...entry.announcement, remainingMs: entry.announcement.remainingMs - (this.now() - entry.at) };
   }
+
+  // Nothing is ever missed in one process.
+  onResync(): () => void {
+    return () => undefined;
+  }
 }
 
 // Stores the state and publishes it in one script, so no instance can read one without the other,
 // on Redis's clock. `gen` only grows: at least Redis's time in ms, so a key that expired and came
-// back still outranks every announcement made before.
+// back still outranks every announcement made before. ARGV: state, remaining ms, channel, name,
+// origin, key ttl ms, basedOn (the newest gen the announcer knew). The connection's fence keeps
+// an announcement that timed out from landing later; the compare-and-set keeps one made without
+// knowing a newer record from overriding it (the reply carries the record instead).
 const ANNOUNCE = `
-${LUA_NOW_MS}local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0') + 1
+local h = redis.call('HMGET', KEYS[1], 'state', 'until', 'gen', 'origin')
+local stored = tonumber(h[3] or '0')
+if h[1] and stored > tonumber(ARGV[7]) and h[4] ~= ARGV[5] then
+  return {0, h[1], tonumber(h[2]) - now, stored, h[4]}
+end
+local gen = stored + 1
 if gen < now then gen = now end
 local remaining = tonumber(ARGV[2])
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'gen', gen, 'changedAt', now, 'until', now + remaining, 'origin', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], remaining + tonumber(ARGV[6]))
 redis.call('PUBLISH', ARGV[3], cjson.encode({name = ARGV[4], state = ARGV[1], remainingMs = remaining, gen = gen, origin = ARGV[5]}))
-return gen
+return {1, gen}
 `;
 
 const LOAD = `
 local h = redis.call('HMGET', KEYS[1], 'state', 'until', 'gen', 'origin')
 if not h[1] then return false end
-${LUA_NOW_MS}return {h[1], tonumber(h[2]) - now, tonumber(h[3]), h[4]}
+return {h[1], tonumber(h[2]) - now, tonumber(h[3]), h[4]}
 `;
 
 const CHANNEL = 'circuitBreaker';
@@ -102,8 +135,14 @@ class RedisBreakerStateStore implements BreakerStateStore {
     this.load_ = conn.script(LOAD, 1);
   }
 
-  async announce(name: string, state: 'OPEN' | 'CLOSED', remainingMs: number, origin: string): Promise<void> {
-    await this.announce_([this.conn.key(CHANNEL, name)], [state, Math.max(0, Math.round(remainingMs)), this.conn.prefix + CHANNEL, name, origin, KEY_TTL_MS]);
+  async announce(name: string, state: 'OPEN' | 'CLOSED', remainingMs: number, origin: string, basedOn: number): Promise<AnnounceResult> {
+    const reply = (await this.announce_(
+      [this.conn.key(CHANNEL, name)],
+      [state, Math.max(0, Math.round(remainingMs)), this.conn.prefix + CHANNEL, name, origin, KEY_TTL_MS, Math.max(0, basedOn)],
+    )) as [number, ...unknown[]];
+    if (reply[0] === 1) return { applied: true, gen: Number(reply[1]) };
+    const [, recorded, remaining, gen, by] = reply as [number, string, number, number, string];
+    return { applied: false, current: { name, state: recorded === 'OPEN' ? 'OPEN' : 'CLOSED', remainingMs: Number(remaining), gen: Number(gen), origin: String(by) } };
   }
 
   async subscribe(name: string, handler: (announcement: BreakerAnnouncement) => void): Promise<() => Promise<void>> {
@@ -138,6 +177,18 @@ class RedisBreakerStateStore implements BreakerStateStore {
     return { name, state, remainingMs: Number(remainingMs), gen: Number(gen), origin };
   }
 
+  onResync(listener: () => void): () => void {
+    // Announcements published while either connection was down never arrive: read the record again.
+    const subscriber = this.conn.subscriber();
+    const client = this.conn.client;
+    subscriber.on('ready', listener);
+    client.on('ready', listener);
+    return () => {
+      subscriber.off('ready', listener);
+      client.off('ready', listener);
+    };
+  }
+
   private listen(): Promise<() => Promise<void>> {
     if (this.subscription === undefined) {
       const subscribing = this.stores.pubsub.subscribe(CHANNEL, this.onMessage);
@@ -166,9 +217,6 @@ class RedisBreakerStateStore implements BreakerStateStore {
   };
 }
 
-const memoryStates = new WeakMap<MemoryStores, MemoryBreakerStateStore>();
-const redisStates = new WeakMap<RedisStores, RedisBreakerStateStore>();
-
 /**
  * The {@link StoreFactory} of shared circuit state: `stores.create(breakerStateStore())`. In
  * memory, one process-local registry per stores. On Redis, a hash `<prefix>circuitBreaker:{name}`
@@ -176,22 +224,9 @@ const redisStates = new WeakMap<RedisStores, RedisBreakerStateStore>();
  * channel `<prefix>circuitBreaker` by one script.
  */
 export function breakerStateStore(): StoreFactory<BreakerStateStore> {
+  // One per stores object: one subscription to the channel, dispatched by breaker name.
   return {
-    memory(stores) {
-      let state = memoryStates.get(stores);
-      if (state === undefined) {
-        state = new MemoryBreakerStateStore(stores.now);
-        memoryStates.set(stores, state);
-      }
-      return state;
-    },
-    redis(connection, stores) {
-      let state = redisStates.get(stores);
-      if (state === undefined) {
-        state = new RedisBreakerStateStore(connection, stores);
-        redisStates.set(stores, state);
-      }
-      return state;
-    },
+    memory: (stores) => perStores(stores, 'breakerState', () => new MemoryBreakerStateStore(stores.now)),
+    redis: (connection, stores) => perStores(stores, 'breakerState', () => new RedisBreakerStateStore(connection, stores)),
   };
 }

@@ -6,6 +6,7 @@ import type { MemoryStores } from './memory';
 import type { RedisStores } from './redis';
 import type { RedisConnection } from './redis-connection';
 import type { PubSub, StoreFactory } from './types';
+import { ROOT_NAME } from '../cache/names';
 import { LUA_NOW_MS } from './lua';
 
 /** One stored response, as the `cache` middleware replays it. */
@@ -101,8 +102,18 @@ const FAILED: CacheLookup = Object.freeze({ entry: undefined, stale: false, lock
  */
 export const MAX_FILL_MS = 10 * 60_000;
 const INVALIDATION_KEEP_MS = MAX_FILL_MS;
+// Entry keys an invalidation could not delete yet are kept this long for a later one to delete.
+const PENDING_KEEP_MS = 24 * 60 * 60_000;
 // While Redis is down, one request a second tries it; the others act on a miss at once.
 const PROBE_INTERVAL_MS = 1000;
+const noop = (): void => undefined;
+// A failed invalidation is tried again after 1 s, then twice as long each time, at most 30 s apart.
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 30_000;
+// Names of failed invalidations waiting for their retry; past this many, the retry drops everything.
+const MAX_RETRY_NAMES = 1000;
+// Keys per UNLINK or DRAIN call.
+const BATCH = 500;
 
 /** Builds the cache store of a namespace on the stack's backend (memory LRU, or Redis with a short local copy). */
 export function cacheStore(options: CacheStoreOptions = {}): StoreFactory<CacheStore> {
@@ -274,6 +285,9 @@ if redis.call('SET', KEYS[2], ARGV[2], 'NX', 'PX', ARGV[1]) then return {v or fa
 return {v or false, pt, -1}
 `;
 
+// The lock part of a LOOKUP reply: taken by this caller (1), held by another (-1), not asked (0).
+const LOOKUP_LOCKED = 1;
+
 // Files an entry under its names, unless one of them was invalidated after the fill's ticket.
 // KEYS: n invalidation markers, then n index sets (all in the namespace's {index} slot).
 // ARGV: ticket, entry key, entry lifetime in ms.
@@ -293,19 +307,36 @@ end
 return 1
 `;
 
-// Bumps the generation, marks each name invalidated at it and returns the entry keys filed
-// under them (the caller deletes those: they live in other slots on a Cluster).
-// KEYS: generation, then pairs (index set, invalidation marker). ARGV: marker lifetime in ms.
+const INDEX_FILED = 1;
+
+// Bumps the generation, marks each name invalidated at it, and moves the entry keys filed under
+// them to the namespace's pending set (scored by that generation). Returns the generation and
+// every pending key: the caller deletes those (they live in other slots on a Cluster) and then
+// drains them. A caller that times out leaves its keys pending for the next invalidation, or its
+// own retry, to delete: an entry is never left unindexed and undeleted.
+// KEYS: generation, pending set, then pairs (index set, invalidation marker). ARGV: marker ms, pending ms.
 const INVALIDATE = `
 local gen = redis.call('INCR', KEYS[1])
-local out = {}
-for i = 2, #KEYS, 2 do
+for i = 3, #KEYS, 2 do
   local members = redis.call('ZRANGE', KEYS[i], 0, -1)
-  for _, m in ipairs(members) do out[#out + 1] = m end
+  for _, m in ipairs(members) do redis.call('ZADD', KEYS[2], gen, m) end
   redis.call('DEL', KEYS[i])
   redis.call('SET', KEYS[i + 1], gen, 'PX', ARGV[1])
 end
-return out
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[2]) end
+return {gen, redis.call('ZRANGE', KEYS[2], 0, -1)}
+`;
+
+// Forgets pending keys once deleted, unless a later invalidation queued them again meanwhile
+// (its score is then above the caller's generation, and that invalidation deletes them).
+// KEYS: pending set. ARGV: the caller's generation, then the deleted keys.
+const DRAIN = `
+local gen = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local at = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if at and tonumber(at) <= gen then redis.call('ZREM', KEYS[1], ARGV[i]) end
+end
+return 1
 `;
 
 const UNLOCK = `
@@ -390,6 +421,7 @@ class RedisCacheStore implements CacheStore {
   private readonly index: ScriptCall;
   private readonly invalidateScript: ScriptCall;
   private readonly unlockScript: ScriptCall;
+  private readonly drainScript: ScriptCall;
   private readonly local: MemoryCacheStore | undefined;
   private readonly localTtlMs: number;
   private readonly token = randomBytes(9).toString('base64url');
@@ -400,12 +432,17 @@ class RedisCacheStore implements CacheStore {
   // Bumped by every invalidation seen here: a read that started before one must not refill the local copy.
   private localGeneration = 0;
   private downUntil = 0;
+  private retryNames = new Set<string>();
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelay = RETRY_FIRST_MS;
+  private closed = false;
 
   constructor(private readonly conn: RedisConnection, stores: RedisStores, private readonly namespace: string, options: CacheStoreOptions) {
     this.lookup = defineScript(conn, 'Lookup', LOOKUP, true);
     this.index = defineScript(conn, 'Index', INDEX);
     this.invalidateScript = defineScript(conn, 'Invalidate', INVALIDATE);
     this.unlockScript = defineScript(conn, 'Unlock', UNLOCK);
+    this.drainScript = defineScript(conn, 'Drain', DRAIN);
     this.pubsub = stores.pubsub;
     this.logger = options.logger;
     this.channel = `${namespace}:invalidate`;
@@ -430,8 +467,10 @@ class RedisCacheStore implements CacheStore {
   acquire(key: string, lockMs: number, timeoutMs: number, staleMs = 0, owner = ''): CacheLookup | Promise<CacheLookup> {
     if (this.now() < this.downUntil) return FAILED;
     const entryKey = this.entryKey(key);
+    const lockKey = `${entryKey}:lock`;
+    const token = this.lockToken(owner);
     const generation = this.localGeneration;
-    return this.lookup([entryKey, `${entryKey}:lock`], [lockMs, `${this.token}:${owner}`, staleMs], timeoutMs).then(
+    return this.lookup([entryKey, lockKey], [lockMs, token, staleMs], timeoutMs).then(
       (reply) => {
         this.downUntil = 0;
         const [raw, pttl, lock] = reply as [Buffer | null, number, number];
@@ -447,10 +486,14 @@ class RedisCacheStore implements CacheStore {
         }
         if (entry !== undefined && !stale) return { entry, stale, locked: false, contended: false, failed: false };
         // A stale entry the script judged fresh (another layer's stale window) was not locked: serve it stale.
-        return { entry, stale, locked: lock === 1, contended: lock !== 1 && lockMs > 0, failed: false };
+        const locked = lock === LOOKUP_LOCKED;
+        return { entry, stale, locked, contended: !locked && lockMs > 0, failed: false };
       },
       () => {
         this.downUntil = this.now() + PROBE_INTERVAL_MS;
+        // A script that timed out here may still run when Redis answers again and take the lock
+        // for nobody: the release queued behind it on the same connection frees it right after.
+        if (lockMs > 0) this.unlockScript([lockKey], [token]).catch(noop);
         return FAILED;
       },
     );
@@ -465,17 +508,19 @@ class RedisCacheStore implements CacheStore {
     const entryKey = this.entryKey(key);
     const life = Math.max(1, Math.ceil(entry.ttlMs + entry.staleMs));
     const generation = this.localGeneration;
-    await this.conn.run(() => this.conn.client.set(entryKey, encode(entry), 'PX', life), timeoutMs);
     // Stored first, filed second: an invalidation between the two either sees the index entry
     // (and deletes the entry) or bumps a marker the index script sees (and we delete it here).
+    // Whatever fails or times out, the delete is queued behind the write, so an entry that
+    // reaches Redis late is never left there unfiled, out of invalidation's reach.
     let filed = false;
     try {
+      await this.conn.run(() => this.conn.client.set(entryKey, encode(entry), 'PX', life), timeoutMs);
       const keys: string[] = [];
       for (const name of entry.names) keys.push(this.indexKey(`inv:${name}`));
       for (const name of entry.names) keys.push(this.indexKey(`z:${name}`));
-      filed = (await this.index(keys, [ticket, entryKey, life], timeoutMs)) === 1;
+      filed = (await this.index(keys, [ticket, entryKey, life], timeoutMs)) === INDEX_FILED;
     } finally {
-      if (!filed) await this.conn.run(() => this.conn.client.del(entryKey), timeoutMs).catch(() => undefined);
+      if (!filed) await this.conn.run(() => this.conn.client.del(entryKey), timeoutMs).catch(noop);
     }
     if (filed && this.local !== undefined && generation === this.localGeneration) {
       this.local.put(key, entry, Infinity, Math.min(entry.storedAt + entry.ttlMs, this.now() + this.localTtlMs));
@@ -484,25 +529,68 @@ class RedisCacheStore implements CacheStore {
   }
 
   async unlock(key: string, owner = ''): Promise<void> {
-    const lockKey = `${this.entryKey(key)}:lock`;
-    await this.unlockScript([lockKey], [`${this.token}:${owner}`]);
+    await this.unlockScript([`${this.entryKey(key)}:lock`], [this.lockToken(owner)]);
   }
 
+  /**
+   * Drops the entries filed under `names` on Redis and in every instance's local copy. If Redis
+   * fails or times out on the way, the call rejects and the invalidation is tried again in the
+   * background until it goes through; entry keys it had already unfiled wait in the pending set.
+   */
   async invalidate(names: string[]): Promise<void> {
     this.dropNames(names);
-    const keys = [this.indexKey('gen')];
+    try {
+      await this.invalidateOnRedis(names);
+    } catch (err) {
+      this.retryLater(names);
+      throw err;
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+    const off = await this.unsubscribe;
+    this.unsubscribe = undefined;
+    await off?.().catch(() => undefined);
+  }
+
+  private async invalidateOnRedis(names: string[]): Promise<void> {
+    const pending = this.indexKey('pending');
+    const keys = [this.indexKey('gen'), pending];
     for (const name of names) keys.push(this.indexKey(`z:${name}`), this.indexKey(`inv:${name}`));
-    const members = (await this.invalidateScript(keys, [INVALIDATION_KEEP_MS])) as string[];
+    const [generation, members] = (await this.invalidateScript(keys, [INVALIDATION_KEEP_MS, PENDING_KEEP_MS])) as [number, string[]];
     await this.deleteEntries(members);
+    for (let i = 0; i < members.length; i += BATCH) await this.drainScript([pending], [generation, ...members.slice(i, i + BATCH)]);
     await this.pubsub.publish(this.channel, JSON.stringify(names)).catch((err: Error) => {
       this.logger?.warn('cache: could not publish an invalidation; other instances drop their local copies within localTtl', { err: { message: err.message } });
     });
   }
 
-  async close(): Promise<void> {
-    const off = await this.unsubscribe;
-    this.unsubscribe = undefined;
-    await off?.().catch(() => undefined);
+  /** Tries a failed invalidation again later (one timer for all of them, backing off while Redis fails). */
+  private retryLater(names: string[]): void {
+    for (const name of names) this.retryNames.add(name);
+    // Too many to remember: dropping everything over-reaches, which is safe; forgetting one is not.
+    if (this.retryNames.size > MAX_RETRY_NAMES) this.retryNames = new Set([ROOT_NAME]);
+    if (this.retryTimer !== undefined || this.closed) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      const due = [...this.retryNames];
+      this.retryNames.clear();
+      // Local copies read from Redis since the failure may hold entries the failed call missed.
+      this.dropNames(due);
+      this.invalidateOnRedis(due).then(
+        () => {
+          this.retryDelay = RETRY_FIRST_MS;
+        },
+        () => {
+          this.retryDelay = Math.min(this.retryDelay * 2, RETRY_MAX_MS);
+          this.retryLater(due);
+        },
+      );
+    }, this.retryDelay);
+    this.retryTimer.unref();
   }
 
   private async deleteEntries(keys: string[]): Promise<void> {
@@ -513,8 +601,8 @@ class RedisCacheStore implements CacheStore {
       await Promise.all(keys.map((key) => this.conn.run(() => client.unlink(key))));
       return;
     }
-    for (let i = 0; i < keys.length; i += 500) {
-      const batch = keys.slice(i, i + 500);
+    for (let i = 0; i < keys.length; i += BATCH) {
+      const batch = keys.slice(i, i + BATCH);
       await this.conn.run(() => client.unlink(...batch));
     }
   }
@@ -534,10 +622,15 @@ class RedisCacheStore implements CacheStore {
     this.local?.invalidate(names);
   }
 
-  // Hashed: a fixed length whatever the URL, no user ids in key names, and no braces from a
-  // query string that would move the Cluster hash tag.
+  // Hashed: a fixed length whatever the URL, no user ids or cookies in key names, and no braces
+  // from a query string that would move the Cluster hash tag.
   private entryKey(key: string): string {
-    return this.conn.key(this.namespace, createHash('sha1').update(key).digest('base64url'));
+    return this.conn.key(this.namespace, createHash('sha256').update(key).digest('base64url'));
+  }
+
+  /** The value of a fill lock: this store and the fill, so only its holder releases it. */
+  private lockToken(owner: string): string {
+    return `${this.token}:${owner}`;
   }
 
   private indexKey(suffix: string): string {

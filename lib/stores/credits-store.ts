@@ -1,5 +1,6 @@
 import { LRUCache } from 'lru-cache';
 import type { MemoryStores } from './memory';
+import { perStores } from './per-stores';
 import type { RedisConnection } from './redis-connection';
 import type { StoreFactory } from './types';
 
@@ -79,20 +80,8 @@ interface Account {
 
 // One state per (MemoryStores, namespace): a route-level credits() and the stack's credits share
 // balances on memory exactly as they do on Redis, where the keys are the same.
-const memoryStates = new WeakMap<MemoryStores, Map<string, MemoryCreditsStore>>();
-
 function memoryState(stores: MemoryStores, namespace: string, maxAccounts: number, historySize: number): MemoryCreditsStore {
-  let byNamespace = memoryStates.get(stores);
-  if (byNamespace === undefined) {
-    byNamespace = new Map();
-    memoryStates.set(stores, byNamespace);
-  }
-  let state = byNamespace.get(namespace);
-  if (state === undefined) {
-    state = new MemoryCreditsStore(stores.now, maxAccounts, historySize);
-    byNamespace.set(namespace, state);
-  }
-  return state;
+  return perStores(stores, `credits:${namespace}`, () => new MemoryCreditsStore(stores.now, maxAccounts, historySize));
 }
 
 // JavaScript runs each method to completion, so check-and-take needs no lock here.
@@ -170,13 +159,13 @@ class MemoryCreditsStore implements CreditsStore {
 }
 
 // KEYS: balance, reservation, history — one {hash tag} (the account), so one Cluster slot.
-// Every script reads Redis's own TIME for the ledger, so instances with skewed clocks agree.
+// The ledger uses Redis's own TIME (`now`, set by the connection's fence), so instances with skewed
+// clocks agree. The fence also keeps a script that timed out from running later: a reservation
+// whose caller gave up (the request took onStoreError) is not taken when Redis comes back.
 const LEDGER = `
 local function ledger(key, size, delta, reason, requestId)
   if size <= 0 then return end
-  local t = redis.call('TIME')
-  local at = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('LPUSH', key, cjson.encode({at = at, delta = delta, reason = reason, request_id = requestId}))
+  redis.call('LPUSH', key, cjson.encode({at = now, delta = delta, reason = reason, request_id = requestId}))
   redis.call('LTRIM', key, 0, size - 1)
 end
 `;

@@ -1,5 +1,4 @@
-import type { MemoryStores } from './memory';
-import type { RedisStores } from './redis';
+import { perStores } from './per-stores';
 import type { RedisConnection } from './redis-connection';
 import type { PubSub, StoreFactory } from './types';
 
@@ -50,6 +49,8 @@ class MemoryFlagsStore implements FlagsStore {
 }
 
 // Writing and publishing in one script: no instance can see the change without its announcement.
+// The connection's fence keeps a write that timed out (its caller saw the rejection) from landing
+// later over a newer one made elsewhere.
 const SET = `
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[1])
@@ -92,7 +93,7 @@ class RedisFlagsStore implements FlagsStore {
   }
   subscribe(onChange: () => void): Promise<() => Promise<void>> {
     // The stores' pub/sub prefixes the channel exactly as the scripts name it.
-    return this.conn.run(() => this.pubsub.subscribe(CHANNEL, onChange));
+    return this.conn.runSubscriber(() => this.pubsub.subscribe(CHANNEL, onChange));
   }
   onResync(listener: () => void): () => void {
     const subscriber = this.conn.subscriber();
@@ -106,32 +107,15 @@ class RedisFlagsStore implements FlagsStore {
   }
 }
 
-// One store per backend, so every featureFlags on the same stores shares one set of flags.
-const memoryStores = new WeakMap<MemoryStores, MemoryFlagsStore>();
-const redisStores = new WeakMap<RedisStores, RedisFlagsStore>();
-
 /**
  * The {@link StoreFactory} of shared flags: `stores.create(flagsStore())`. In memory, one map per
  * process; on Redis, the hash `<prefix>flags` (field = flag name, value = its JSON), with changes
  * announced on the channel `<prefix>flags:changed`.
  */
 export function flagsStore(): StoreFactory<FlagsStore> {
+  // One store per stores object, so every featureFlags on the same stores shares one set of flags.
   return {
-    memory(stores) {
-      let store = memoryStores.get(stores);
-      if (store === undefined) {
-        store = new MemoryFlagsStore(stores.pubsub);
-        memoryStores.set(stores, store);
-      }
-      return store;
-    },
-    redis(connection, stores) {
-      let store = redisStores.get(stores);
-      if (store === undefined) {
-        store = new RedisFlagsStore(connection, stores.pubsub);
-        redisStores.set(stores, store);
-      }
-      return store;
-    },
+    memory: (stores) => perStores(stores, 'flags', () => new MemoryFlagsStore(stores.pubsub)),
+    redis: (connection, stores) => perStores(stores, 'flags', () => new RedisFlagsStore(connection, stores.pubsub)),
   };
 }

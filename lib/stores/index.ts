@@ -7,7 +7,7 @@ import type { Stores } from './types';
 export * from './types';
 export { MemoryStores } from './memory';
 export { RedisStores } from './redis';
-export { RedisConnection, StoreTimeoutError, type RedisOption } from './redis-connection';
+export { RedisConnection, StoreTimeoutError, StoreUnavailableError, type RedisOption } from './redis-connection';
 
 /** Redis stores when `redis` is given, else bounded memory stores. */
 export function createStores(redis: RedisOption | undefined, logger: Logger, prefix?: string): Stores {

@@ -1,10 +1,9 @@
 import type Redis from 'ioredis';
 import type { Cluster } from 'ioredis';
-import type { MemoryStores } from './memory';
-import type { RedisStores } from './redis';
+import { LUA_ZADD_EXPIRING } from './lua';
+import { forgetPerStores, perStores } from './per-stores';
 import type { RedisConnection } from './redis-connection';
 import type { StoreFactory } from './types';
-import { LUA_NOW_MS, LUA_ZADD_EXPIRING } from './lua';
 
 /** One run-time block: the canonical IP and when the block ends (epoch ms on this instance's clock, or null for never). */
 export interface IpBlock {
@@ -117,8 +116,10 @@ class MemoryIpBlocklist implements IpBlocklist {
 
 // The sorted set holds ip → expiry on Redis's clock (+inf for never). Writing and publishing in one
 // script makes the change and its announcement atomic: no instance can see one without the other.
+// The connection's fence keeps a block or unblock that timed out from landing later, over a newer
+// change made elsewhere meanwhile.
 const BLOCK = `
-${LUA_NOW_MS}${LUA_ZADD_EXPIRING}redis.call('PUBLISH', ARGV[3], ARGV[4])
+${LUA_ZADD_EXPIRING}redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 `;
 
@@ -131,7 +132,7 @@ return removed
 // Returns Redis's clock with the members, so expiries convert to this instance's clock whatever
 // the skew between the two.
 const LOAD = `
-${LUA_NOW_MS}redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return {now, redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')}
 `;
 
@@ -224,7 +225,7 @@ class RedisIpBlocklist implements IpBlocklist {
     this.conn.client.off('ready', this.onClientReady);
     this.onClose();
     if (this.subscribed && this.subscriber.status === 'ready') {
-      await this.conn.run(() => this.subscriber.unsubscribe(this.channel)).catch(() => undefined);
+      await this.conn.runSubscriber(() => this.subscriber.unsubscribe(this.channel)).catch(() => undefined);
     }
   }
 
@@ -269,10 +270,10 @@ class RedisIpBlocklist implements IpBlocklist {
   private async subscribe(): Promise<void> {
     if (this.subscribed || this.closed) return;
     try {
-      await this.conn.run(() => this.subscriber.subscribe(this.channel));
+      await this.conn.runSubscriber(() => this.subscriber.subscribe(this.channel));
       this.subscribed = true;
       // close() ran while SUBSCRIBE was in flight and found nothing to undo: undo it here.
-      if (this.closed) await this.conn.run(() => this.subscriber.unsubscribe(this.channel)).catch(() => undefined);
+      if (this.closed) await this.conn.runSubscriber(() => this.subscriber.unsubscribe(this.channel)).catch(() => undefined);
     } catch {
       // Retried when the subscriber connection is (back) up.
     }
@@ -323,11 +324,6 @@ class RedisIpBlocklist implements IpBlocklist {
   };
 }
 
-// One blocklist per stores (and reload interval), so a stack's ipFilter and a route-level one
-// behind it enforce the same blocks and share one mirror, subscription and timer.
-const memoryLists = new WeakMap<MemoryStores, MemoryIpBlocklist>();
-const redisLists = new WeakMap<RedisStores, Map<number, RedisIpBlocklist>>();
-
 /**
  * The {@link StoreFactory} of run-time IP blocks: `stores.create(ipBlocklistStore())`. In memory,
  * one process-local list; on Redis, a sorted set `<prefix>ipFilter:{blocks}` shared by every
@@ -335,28 +331,15 @@ const redisLists = new WeakMap<RedisStores, Map<number, RedisIpBlocklist>>();
  */
 export function ipBlocklistStore(options: IpBlocklistOptions = {}): StoreFactory<IpBlocklist> {
   const syncIntervalMs = options.syncIntervalMs ?? 30_000;
+  // One blocklist per stores (and reload interval), so a stack's ipFilter and a route-level one
+  // behind it enforce the same blocks and share one mirror, subscription and timer.
+  const key = `ipBlocklist:${syncIntervalMs}`;
   return {
-    memory(stores) {
-      let list = memoryLists.get(stores);
-      if (list === undefined) {
-        list = new MemoryIpBlocklist(stores.now);
-        memoryLists.set(stores, list);
-      }
-      return list;
-    },
-    redis(connection, stores) {
-      let byInterval = redisLists.get(stores);
-      if (byInterval === undefined) {
-        byInterval = new Map();
-        redisLists.set(stores, byInterval);
-      }
-      let list = byInterval.get(syncIntervalMs);
-      if (list === undefined) {
-        const lists = byInterval;
-        list = new RedisIpBlocklist(connection, syncIntervalMs, () => lists.delete(syncIntervalMs));
-        byInterval.set(syncIntervalMs, list);
-      }
-      return list;
-    },
+    memory: (stores) => perStores(stores, 'ipBlocklist', () => new MemoryIpBlocklist(stores.now)),
+    redis: (connection, stores) =>
+      perStores(stores, key, () => {
+        const list: RedisIpBlocklist = new RedisIpBlocklist(connection, syncIntervalMs, () => forgetPerStores(stores, key, list));
+        return list;
+      }),
   };
 }

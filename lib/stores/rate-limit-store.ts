@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import { perStores } from './per-stores';
 import type { RedisConnection } from './redis-connection';
 import type { StoreFactory } from './types';
 
@@ -18,10 +19,13 @@ export interface RateLimitPolicy {
   daily: number;
 }
 
+/** What a decision says: admitted (both quotas taken), refused by the window, or refused by the daily quota. */
+export type RateLimitOutcome = 'allowed' | 'limited' | 'quota';
+
 /** What one decision says. Every number is a whole number. */
 export interface RateLimitDecision {
-  /** 0 admitted (both quotas taken), 1 refused by the window, 2 refused by the daily quota. */
-  outcome: 0 | 1 | 2;
+  /** 'allowed' (the cost was taken from the window and the daily quota), 'limited' (refused by the window) or 'quota' (refused by the daily quota). */
+  outcome: RateLimitOutcome;
   /** Units left in the window after this decision. */
   remaining: number;
   /** Milliseconds until the window releases quota (the end of the current window; bucket full). */
@@ -69,20 +73,12 @@ export function rateLimitStore(options: RateLimitStoreOptions = {}): StoreFactor
   const maxKeys = options.maxKeys ?? 100_000;
   const now = options.now ?? Date.now;
   return {
-    memory: (stores) => {
-      // One state per (memory stores, namespace), so limiters that share a prefix share counts on
-      // memory exactly as they do on Redis, where their keys are the same.
-      let byNamespace = sharedMemory.get(stores);
-      if (byNamespace === undefined) sharedMemory.set(stores, (byNamespace = new Map()));
-      let store = byNamespace.get(namespace);
-      if (store === undefined) byNamespace.set(namespace, (store = new MemoryRateLimitStore(maxKeys, now)));
-      return store;
-    },
+    // One state per (memory stores, namespace), so limiters that share a prefix share counts on
+    // memory exactly as they do on Redis, where their keys are the same.
+    memory: (stores) => perStores(stores, `rateLimit:${namespace}`, () => new MemoryRateLimitStore(maxKeys, now)),
     redis: (connection) => new RedisRateLimitStore(connection, namespace, options.redisClockForTests),
   };
 }
-
-const sharedMemory = new WeakMap<object, Map<string, MemoryRateLimitStore>>();
 
 // ---------------------------------------------------------------------------------------------
 // The Lua scripts and the memory store below are the same algorithm written twice. They are kept
@@ -93,27 +89,23 @@ const sharedMemory = new WeakMap<object, Map<string, MemoryRateLimitStore>>();
 //
 // Each script reads KEYS[1] (window state) and, when ARGV daily > 0, KEYS[2] (daily count). Both
 // carry the client's {hash tag}, so they live in one Cluster slot. ARGV: limit, windowMs, burst, cost, daily, clock
-// override (0: use Redis TIME). Reply: outcome, remaining, resetMs, retryAfterMs, dailyRemaining,
-// dailyResetMs.
+// override (0: use Redis TIME). Reply: see REPLY below (the outcome as a number, see OUTCOMES).
+// The connection's fence runs first: it sets `now` from Redis's TIME and keeps a decision that
+// arrives after its timeout from counting (the request already took the fail mode).
 //
 // Each key holds one string of integers joined by ':' ("slot:curr:prev"), read with GET and written
-// with SET ... PX: measured at 20-40% less script time than HMGET + HSET + PEXPIRE on a hash
-// (INFO commandstats under redis-benchmark). string.format('%d') writes integers exactly (tostring would round
-// past 14 digits).
+// with SET ... PX, which costs less script time than HMGET + HSET + PEXPIRE on a hash (figures in
+// docs/stores.md). string.format('%d') writes integers exactly (tostring would round past 14 digits).
 
-// replicate_commands: Redis 3.2-4 refuse writes after TIME without it; 5+ do it already.
+// Outcome numbers of the reply, in the order of OUTCOMES.
 const PRELUDE = `
-if redis.replicate_commands then redis.replicate_commands() end
+local ALLOWED, LIMITED, QUOTA = 0, 1, 2
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local cost = tonumber(ARGV[4])
 local daily = tonumber(ARGV[5])
-local now = tonumber(ARGV[6])
-if now <= 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+if tonumber(ARGV[6]) > 0 then now = tonumber(ARGV[6]) end
 local day = math.floor(now / ${DAY_MS})
 local dailyReset = (day + 1) * ${DAY_MS} - now
 local dailyUsed = 0
@@ -158,7 +150,7 @@ local used = prev * (window - elapsed) / window + curr
 local reset = window - elapsed
 local left = math.floor(math.max(0, limit - used))
 if daily > 0 and dailyUsed + cost > daily then
-  return {2, left, reset, dailyReset, dailyLeft, dailyReset}
+  return {QUOTA, left, reset, dailyReset, dailyLeft, dailyReset}
 end
 if used + cost > limit then
   local retry
@@ -169,12 +161,12 @@ if used + cost > limit then
   else
     retry = reset + math.max(0, math.ceil(window - (limit - cost) * window / curr))
   end
-  return {1, left, reset, retry, dailyLeft, dailyReset}
+  return {LIMITED, left, reset, retry, dailyLeft, dailyReset}
 end
 curr = curr + cost
 redis.call('SET', KEYS[1], string.format('%d:%d:%d', slot, curr, prev), 'PX', reset + window)
 ${TAKE_DAILY}
-return {0, math.floor(limit - used - cost), reset, 0, dailyLeft, dailyReset}
+return {ALLOWED, math.floor(limit - used - cost), reset, 0, dailyLeft, dailyReset}
 `;
 
 // Token bucket. The level is kept in tokens x windowMs, so a refill of \`limit\` tokens per window is
@@ -192,7 +184,7 @@ end
 local reset = math.ceil((cap - level) / limit)
 local left = math.floor(level / window)
 if daily > 0 and dailyUsed + cost > daily then
-  return {2, left, reset, dailyReset, dailyLeft, dailyReset}
+  return {QUOTA, left, reset, dailyReset, dailyLeft, dailyReset}
 end
 if level < need then
   local retry
@@ -201,13 +193,13 @@ if level < need then
   else
     retry = math.max(1, math.ceil((need - level) / limit))
   end
-  return {1, left, reset, retry, dailyLeft, dailyReset}
+  return {LIMITED, left, reset, retry, dailyLeft, dailyReset}
 end
 level = level - need
 reset = math.ceil((cap - level) / limit)
 redis.call('SET', KEYS[1], string.format('%d:%d', level, now), 'PX', math.max(1, reset))
 ${TAKE_DAILY}
-return {0, math.floor(level / window), reset, 0, dailyLeft, dailyReset}
+return {ALLOWED, math.floor(level / window), reset, 0, dailyLeft, dailyReset}
 `;
 
 // Fixed window that starts with the client's first admitted request (not at a clock boundary, so
@@ -226,20 +218,20 @@ end
 local reset = start + window - now
 local left = math.max(0, limit - count)
 if daily > 0 and dailyUsed + cost > daily then
-  return {2, left, reset, dailyReset, dailyLeft, dailyReset}
+  return {QUOTA, left, reset, dailyReset, dailyLeft, dailyReset}
 end
 if count + cost > limit then
   local retry = reset
   if cost > limit then retry = reset + window end
-  return {1, left, reset, retry, dailyLeft, dailyReset}
+  return {LIMITED, left, reset, retry, dailyLeft, dailyReset}
 end
 count = count + cost
 redis.call('SET', KEYS[1], string.format('%d:%d', count, start), 'PX', math.max(1, reset))
 ${TAKE_DAILY}
-return {0, limit - count, reset, 0, dailyLeft, dailyReset}
+return {ALLOWED, limit - count, reset, 0, dailyLeft, dailyReset}
 `;
 
-/** The Lua source of each algorithm (exported for the benchmark and for reading). */
+/** The Lua body of each algorithm (for reading; it runs behind the connection's LUA_FENCE, which defines `now`). */
 export const RATE_LIMIT_SCRIPTS: Readonly<Record<RateLimitAlgorithm, string>> = {
   'sliding-window': SLIDING_WINDOW,
   'token-bucket': TOKEN_BUCKET,
@@ -253,6 +245,7 @@ export class RedisRateLimitStore implements RateLimitStore {
   // Without a daily quota the same scripts run with the window key alone (one key less to send).
   private readonly windowOnly: Record<RateLimitAlgorithm, ScriptCall>;
   private readonly withDaily: Record<RateLimitAlgorithm, ScriptCall>;
+  private readonly reset_: ScriptCall;
   constructor(
     private readonly connection: RedisConnection,
     private readonly namespace: string,
@@ -265,6 +258,7 @@ export class RedisRateLimitStore implements RateLimitStore {
     });
     this.windowOnly = define(1);
     this.withDaily = define(2);
+    this.reset_ = connection.script(RESET, 2);
   }
 
   consume(id: string, policy: RateLimitPolicy, cost: number, timeoutMs?: number): Promise<RateLimitDecision> {
@@ -278,32 +272,49 @@ export class RedisRateLimitStore implements RateLimitStore {
 
   async reset(id: string): Promise<void> {
     const base = this.connection.key(this.namespace, id);
-    await this.connection.run(() => this.connection.client.del(`${base}:w`, `${base}:d`));
+    // A script, so a reset that times out cannot land later and erase counts taken after it.
+    await this.reset_([`${base}:w`, `${base}:d`], []);
   }
 }
+
+const RESET = `redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+`;
+
+/** The outcomes in the order the scripts number them (reply index {@link REPLY.outcome}). */
+const OUTCOMES: readonly RateLimitOutcome[] = ['allowed', 'limited', 'quota'];
+
+/** Where each field of a decision sits in a script's reply. */
+const REPLY = { outcome: 0, remaining: 1, resetMs: 2, retryAfterMs: 3, dailyRemaining: 4, dailyResetMs: 5 } as const;
 
 function toDecision(reply: unknown): RateLimitDecision {
   const r = reply as number[];
   return {
-    outcome: r[0] as 0 | 1 | 2,
-    remaining: r[1],
-    resetMs: r[2],
-    retryAfterMs: r[3],
-    dailyRemaining: r[4],
-    dailyResetMs: r[5],
+    outcome: OUTCOMES[r[REPLY.outcome]],
+    remaining: r[REPLY.remaining],
+    resetMs: r[REPLY.resetMs],
+    retryAfterMs: r[REPLY.retryAfterMs],
+    dailyRemaining: r[REPLY.dailyRemaining],
+    dailyResetMs: r[REPLY.dailyResetMs],
   };
 }
 
 // Memory layout: per client, three doubles of window state in a growing Float64Array, plus two of
 // daily state in a second one made only once a policy has a daily quota; an LRU maps id → slot.
-// No object per client, and ids are stored flat (below), so a million clients take about 115 MB
-// (130 MB with daily quotas) including the LRU; see bench/rate-limit.bench.ts. NaN marks "never
-// set", as a missing key does in Redis.
-const W = 3;
-const A = 0; // sliding: window number · bucket: level · fixed: count
-const B = 1; // sliding: current count · bucket: last refill · fixed: window start
-const C = 2; // sliding: previous count
-const DW = 2; // daily: day number, then count
+// No object per client, and ids are stored flat (below), so memory per client stays small (figures
+// in docs/stores.md; see bench/rate-limit.bench.ts). NaN marks "never set", as a missing key does
+// in Redis. The offsets within a client's window state depend on the algorithm:
+const WINDOW_FIELDS = 3;
+const SW_SLOT = 0; // sliding window: the current window's number
+const SW_CURR = 1; // sliding window: count in the current window
+const SW_PREV = 2; // sliding window: count in the previous window
+const TB_LEVEL = 0; // token bucket: level, in tokens x windowMs
+const TB_LAST = 1; // token bucket: time of the last refill
+const FW_COUNT = 0; // fixed window: count
+const FW_START = 1; // fixed window: when the window started
+const DAY_FIELDS = 2;
+const DAY_NUMBER = 0; // daily: the UTC day's number
+const DAY_COUNT = 1; // daily: units taken that day
 
 /** The same algorithms as the Lua scripts, for one process: synchronous and bounded. */
 export class MemoryRateLimitStore implements RateLimitStore {
@@ -316,7 +327,7 @@ export class MemoryRateLimitStore implements RateLimitStore {
   constructor(private readonly maxKeys: number, private readonly clock: () => number = Date.now) {
     this.index = new LRUCache<string, number>({ max: maxKeys });
     this.capacity = Math.min(maxKeys, 1024);
-    this.win = new Float64Array(this.capacity * W).fill(NaN);
+    this.win = new Float64Array(this.capacity * WINDOW_FIELDS).fill(NaN);
   }
 
   /** Clients currently remembered (at most `maxKeys`). */
@@ -326,7 +337,7 @@ export class MemoryRateLimitStore implements RateLimitStore {
 
   consume(id: string, policy: RateLimitPolicy, cost: number): RateLimitDecision {
     const slot = this.slotOf(id);
-    const at = slot * W;
+    const at = slot * WINDOW_FIELDS;
     const now = Math.floor(this.clock());
     const m = this.win;
     const { limit, windowMs: window, burst, daily } = policy;
@@ -334,29 +345,29 @@ export class MemoryRateLimitStore implements RateLimitStore {
     const dailyReset = (day + 1) * DAY_MS - now;
     let dailyUsed = 0;
     let dailyLeft = -1;
-    const dm = daily > 0 ? (this.day ??= new Float64Array(this.capacity * DW).fill(NaN)) : undefined;
-    const dat = slot * DW;
+    const dm = daily > 0 ? (this.day ??= new Float64Array(this.capacity * DAY_FIELDS).fill(NaN)) : undefined;
+    const dat = slot * DAY_FIELDS;
     if (dm !== undefined) {
-      if (dm[dat] === day) dailyUsed = dm[dat + 1];
+      if (dm[dat + DAY_NUMBER] === day) dailyUsed = dm[dat + DAY_COUNT];
       dailyLeft = daily - dailyUsed;
     }
 
     if (policy.algorithm === 'sliding-window') {
       const slotNow = Math.floor(now / window);
-      const stored = m[at + A];
+      const stored = m[at + SW_SLOT];
       let curr = 0;
       let prev = 0;
       if (stored === slotNow) {
-        curr = m[at + B];
-        prev = m[at + C];
+        curr = m[at + SW_CURR];
+        prev = m[at + SW_PREV];
       } else if (stored === slotNow - 1) {
-        prev = m[at + B];
+        prev = m[at + SW_CURR];
       }
       const elapsed = now - slotNow * window;
       const used = (prev * (window - elapsed)) / window + curr;
       const reset = window - elapsed;
       const left = Math.floor(Math.max(0, limit - used));
-      if (daily > 0 && dailyUsed + cost > daily) return decision(2, left, reset, dailyReset, dailyLeft, dailyReset);
+      if (daily > 0 && dailyUsed + cost > daily) return decision('quota', left, reset, dailyReset, dailyLeft, dailyReset);
       if (used + cost > limit) {
         let retry: number;
         if (cost > limit) {
@@ -366,56 +377,56 @@ export class MemoryRateLimitStore implements RateLimitStore {
         } else {
           retry = reset + Math.max(0, Math.ceil(window - ((limit - cost) * window) / curr));
         }
-        return decision(1, left, reset, retry, dailyLeft, dailyReset);
+        return decision('limited', left, reset, retry, dailyLeft, dailyReset);
       }
       curr = curr + cost;
-      m[at + A] = slotNow;
-      m[at + B] = curr;
-      m[at + C] = prev;
+      m[at + SW_SLOT] = slotNow;
+      m[at + SW_CURR] = curr;
+      m[at + SW_PREV] = prev;
       dailyLeft = takeDaily(dm, dat, daily, day, dailyUsed, cost);
-      return decision(0, Math.floor(limit - used - cost), reset, 0, dailyLeft, dailyReset);
+      return decision('allowed', Math.floor(limit - used - cost), reset, 0, dailyLeft, dailyReset);
     }
 
     if (policy.algorithm === 'token-bucket') {
       const cap = burst * window;
       const need = cost * window;
       let level = cap;
-      if (!Number.isNaN(m[at + A])) {
-        const elapsed = Math.max(0, now - m[at + B]);
-        level = Math.min(cap, m[at + A] + elapsed * limit);
+      if (!Number.isNaN(m[at + TB_LEVEL])) {
+        const elapsed = Math.max(0, now - m[at + TB_LAST]);
+        level = Math.min(cap, m[at + TB_LEVEL] + elapsed * limit);
       }
       let reset = Math.ceil((cap - level) / limit);
       const left = Math.floor(level / window);
-      if (daily > 0 && dailyUsed + cost > daily) return decision(2, left, reset, dailyReset, dailyLeft, dailyReset);
+      if (daily > 0 && dailyUsed + cost > daily) return decision('quota', left, reset, dailyReset, dailyLeft, dailyReset);
       if (level < need) {
         const retry = need > cap ? Math.ceil(cap / limit) + window : Math.max(1, Math.ceil((need - level) / limit));
-        return decision(1, left, reset, retry, dailyLeft, dailyReset);
+        return decision('limited', left, reset, retry, dailyLeft, dailyReset);
       }
       level = level - need;
       reset = Math.ceil((cap - level) / limit);
-      m[at + A] = level;
-      m[at + B] = now;
+      m[at + TB_LEVEL] = level;
+      m[at + TB_LAST] = now;
       dailyLeft = takeDaily(dm, dat, daily, day, dailyUsed, cost);
-      return decision(0, Math.floor(level / window), reset, 0, dailyLeft, dailyReset);
+      return decision('allowed', Math.floor(level / window), reset, 0, dailyLeft, dailyReset);
     }
 
     let count = 0;
     let start = now;
-    if (!Number.isNaN(m[at + A]) && now - m[at + B] < window) {
-      count = m[at + A];
-      start = m[at + B];
+    if (!Number.isNaN(m[at + FW_COUNT]) && now - m[at + FW_START] < window) {
+      count = m[at + FW_COUNT];
+      start = m[at + FW_START];
     }
     const reset = start + window - now;
     const left = Math.max(0, limit - count);
-    if (daily > 0 && dailyUsed + cost > daily) return decision(2, left, reset, dailyReset, dailyLeft, dailyReset);
+    if (daily > 0 && dailyUsed + cost > daily) return decision('quota', left, reset, dailyReset, dailyLeft, dailyReset);
     if (count + cost > limit) {
-      return decision(1, left, reset, cost > limit ? reset + window : reset, dailyLeft, dailyReset);
+      return decision('limited', left, reset, cost > limit ? reset + window : reset, dailyLeft, dailyReset);
     }
     count = count + cost;
-    m[at + A] = count;
-    m[at + B] = start;
+    m[at + FW_COUNT] = count;
+    m[at + FW_START] = start;
     dailyLeft = takeDaily(dm, dat, daily, day, dailyUsed, cost);
-    return decision(0, limit - count, reset, 0, dailyLeft, dailyReset);
+    return decision('allowed', limit - count, reset, 0, dailyLeft, dailyReset);
   }
 
   async reset(id: string): Promise<void> {
@@ -442,17 +453,17 @@ export class MemoryRateLimitStore implements RateLimitStore {
   }
 
   private clear(slot: number): void {
-    this.win.fill(NaN, slot * W, slot * W + W);
-    this.day?.fill(NaN, slot * DW, slot * DW + DW);
+    this.win.fill(NaN, slot * WINDOW_FIELDS, slot * WINDOW_FIELDS + WINDOW_FIELDS);
+    this.day?.fill(NaN, slot * DAY_FIELDS, slot * DAY_FIELDS + DAY_FIELDS);
   }
 
   private grow(): void {
     this.capacity = Math.min(this.maxKeys, this.capacity * 2);
-    const win = new Float64Array(this.capacity * W).fill(NaN);
+    const win = new Float64Array(this.capacity * WINDOW_FIELDS).fill(NaN);
     win.set(this.win);
     this.win = win;
     if (this.day !== undefined) {
-      const day = new Float64Array(this.capacity * DW).fill(NaN);
+      const day = new Float64Array(this.capacity * DAY_FIELDS).fill(NaN);
       day.set(this.day);
       this.day = day;
     }
@@ -462,11 +473,11 @@ export class MemoryRateLimitStore implements RateLimitStore {
 /** TAKE_DAILY of the scripts: runs only when both quotas admitted the request. Returns the daily units left. */
 function takeDaily(dm: Float64Array | undefined, dat: number, daily: number, day: number, dailyUsed: number, cost: number): number {
   if (dm === undefined) return -1;
-  dm[dat] = day;
-  dm[dat + 1] = dailyUsed + cost;
+  dm[dat + DAY_NUMBER] = day;
+  dm[dat + DAY_COUNT] = dailyUsed + cost;
   return daily - dailyUsed - cost;
 }
 
-function decision(outcome: 0 | 1 | 2, remaining: number, resetMs: number, retryAfterMs: number, dailyRemaining: number, dailyResetMs: number): RateLimitDecision {
+function decision(outcome: RateLimitOutcome, remaining: number, resetMs: number, retryAfterMs: number, dailyRemaining: number, dailyResetMs: number): RateLimitDecision {
   return { outcome, remaining, resetMs, retryAfterMs, dailyRemaining, dailyResetMs };
 }

@@ -8,11 +8,15 @@ import type {
   KeyValueStore,
   PubSub,
   StoreFactory,
+  StoreReadiness,
   Stores,
 } from './types';
-import { LUA_NOW_MS, LUA_ZADD_EXPIRING } from './lua';
+import { LUA_ZADD_EXPIRING } from './lua';
+import { redisReadiness } from './redis-readiness';
 
-// Every script reads Redis's own TIME, so instances whose clocks disagree still agree on windows.
+// Every script reads Redis's own TIME (`now`, set by the connection's fence), so instances whose
+// clocks disagree still agree on windows. Writes are scripts, so a write that timed out cannot
+// land later over a newer one (the fence refuses it); reads are plain commands.
 
 const INCREMENT = `
 local count = redis.call('INCRBY', KEYS[1], ARGV[2])
@@ -21,18 +25,33 @@ if ttl < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
   ttl = tonumber(ARGV[1])
 end
-local t = redis.call('TIME')
-return {count, ttl, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}
+return {count, ttl, now}
+`;
+
+// ARGV: value, ttl ms (0: none).
+const KV_SET = `
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+`;
+
+const DELETE = `return redis.call('DEL', KEYS[1])
 `;
 
 const SET_ADD = `
-${LUA_NOW_MS}${LUA_ZADD_EXPIRING}return 1
+${LUA_ZADD_EXPIRING}return 1
+`;
+
+const SET_REMOVE = `return redis.call('ZREM', KEYS[1], ARGV[1])
 `;
 
 const SET_HAS = `
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then return 0 end
-${LUA_NOW_MS}if score ~= 'inf' and tonumber(score) <= now then
+if score ~= 'inf' and tonumber(score) <= now then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return 0
 end
@@ -40,48 +59,55 @@ return 1
 `;
 
 const SET_MEMBERS = `
-${LUA_NOW_MS}redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 return redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 `;
 
 class RedisKeyValue<V> implements KeyValueStore<V> {
-  constructor(private readonly conn: RedisConnection, private readonly namespace: string) {}
+  private readonly set_;
+  private readonly delete_;
+  constructor(private readonly conn: RedisConnection, private readonly namespace: string) {
+    this.set_ = conn.script(KV_SET, 1);
+    this.delete_ = conn.script(DELETE, 1);
+  }
   async get(key: string): Promise<V | undefined> {
     const raw = await this.conn.run(() => this.conn.client.get(this.conn.key(this.namespace, key)));
     return raw === null ? undefined : (JSON.parse(raw) as V);
   }
   async set(key: string, value: V, ttlMs?: number): Promise<void> {
-    const k = this.conn.key(this.namespace, key);
-    const raw = JSON.stringify(value);
-    await this.conn.run(() => (ttlMs ? this.conn.client.set(k, raw, 'PX', Math.ceil(ttlMs)) : this.conn.client.set(k, raw)));
+    await this.set_([this.conn.key(this.namespace, key)], [JSON.stringify(value), ttlMs ? Math.ceil(ttlMs) : 0]);
   }
   async delete(key: string): Promise<void> {
-    await this.conn.run(() => this.conn.client.del(this.conn.key(this.namespace, key)));
+    await this.delete_([this.conn.key(this.namespace, key)], []);
   }
 }
 
 class RedisCounter implements CounterStore {
   private readonly increment_;
+  private readonly reset_;
   constructor(private readonly conn: RedisConnection, private readonly namespace: string) {
     this.increment_ = conn.script(INCREMENT, 1);
+    this.reset_ = conn.script(DELETE, 1);
   }
   async increment(key: string, windowMs: number, by = 1): Promise<CounterResult> {
     const [count, ttl, now] = (await this.increment_([this.conn.key(this.namespace, key)], [Math.ceil(windowMs), by])) as number[];
     return { count, resetAt: now + ttl };
   }
   async reset(key: string): Promise<void> {
-    await this.conn.run(() => this.conn.client.del(this.conn.key(this.namespace, key)));
+    await this.reset_([this.conn.key(this.namespace, key)], []);
   }
 }
 
 class RedisExpiringSet implements ExpiringSetStore {
   private readonly key: string;
   private readonly add_;
+  private readonly remove_;
   private readonly has_;
   private readonly members_;
-  constructor(private readonly conn: RedisConnection, namespace: string) {
+  constructor(conn: RedisConnection, namespace: string) {
     this.key = conn.key(namespace, 'set');
     this.add_ = conn.script(SET_ADD, 1);
+    this.remove_ = conn.script(SET_REMOVE, 1);
     this.has_ = conn.script(SET_HAS, 1);
     this.members_ = conn.script(SET_MEMBERS, 1);
   }
@@ -89,7 +115,7 @@ class RedisExpiringSet implements ExpiringSetStore {
     await this.add_([this.key], [member, ttlMs ? Math.ceil(ttlMs) : 0]);
   }
   async remove(member: string): Promise<void> {
-    await this.conn.run(() => this.conn.client.zrem(this.key, member));
+    await this.remove_([this.key], [member]);
   }
   async has(member: string): Promise<boolean> {
     return (await this.has_([this.key], [member])) === 1;
@@ -153,9 +179,11 @@ export class RedisStores implements Stores {
   readonly kind = 'redis' as const;
   readonly connection: RedisConnection;
   readonly pubsub: PubSub;
+  readonly readiness: readonly StoreReadiness[];
   constructor(redis: RedisOption, options: RedisStoresOptions) {
     this.connection = new RedisConnection(redis, options);
     this.pubsub = new RedisPubSub(this.connection);
+    this.readiness = [redisReadiness(this.connection.client)];
   }
   create<T>(factory: StoreFactory<T>): T {
     return factory.redis(this.connection, this);

@@ -62,6 +62,28 @@ export interface StoreFactory<T> {
   redis(connection: import('./redis-connection').RedisConnection, stores: import('./redis').RedisStores): T;
 }
 
+/**
+ * Whether one backend a stack's stores use (Redis, later PostgreSQL) can serve: what
+ * `/health/ready` reports under `name` and what `stack.ready()` waits for. A backend contributes
+ * one entry to {@link Stores.readiness}; memory stores contribute none (they are always ready).
+ */
+export interface StoreReadiness {
+  /** Name of the check in `/health/ready` ('redis'). */
+  readonly name: string;
+  /** True once the backend has been connected at least once (a Cluster: its slots known). */
+  readonly connected: boolean;
+  /** Resolves once {@link connected} is true; never rejects (`stack.ready()` bounds the wait). */
+  whenConnected(): Promise<void>;
+  /**
+   * Resolves when the backend can serve now; rejects with an Error saying why not. Costs at most
+   * one round trip (a PING), and none while the connection is known to be down. The caller
+   * bounds it with its timeout and caches the outcome.
+   */
+  check(timeoutMs: number): Promise<void>;
+  /** Why the backend is not connected yet, for `stack.ready()`'s error (no addresses). */
+  describe(): string;
+}
+
 /** The store factory a stack shares between its middleware: one per stack, memory or Redis. */
 export interface Stores {
   /** 'memory' or 'redis'. For logs and diagnostics only: middleware must not branch on it. */
@@ -74,4 +96,6 @@ export interface Stores {
   create<T>(factory: StoreFactory<T>): T;
   /** Closes connections and timers this factory opened (not a Redis client the user passed in). */
   close(): Promise<void>;
+  /** One readiness entry per backend these stores depend on; none (or absent) on memory. */
+  readonly readiness?: readonly StoreReadiness[];
 }
