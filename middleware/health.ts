@@ -1,4 +1,5 @@
-import type { Request, RequestHandler, Response } from 'express';
+import type { Request, Response } from 'express';
+import type { PerimeterHandler } from '../types/express-augment';
 import { ConfigError } from '../lib/errors';
 import { markProbe } from '../lib/lifecycle/probe';
 import { Readiness, type NamedCheck, type ReadinessReport } from '../lib/lifecycle/readiness';
@@ -41,7 +42,8 @@ export interface HealthMethods {
 }
 
 /** A {@link health} middleware with its run-time methods. */
-export type HealthHandler = RequestHandler & HealthMethods;
+// An interface, not an intersection: TypeScript infers a route's params from an intersection as `unknown`.
+export interface HealthHandler extends PerimeterHandler, HealthMethods {}
 
 declare module '../lib/create-stack' {
   interface StackMiddleware {

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { OutgoingHttpHeaders } from 'node:http';
-import type { NextFunction, Request, RequestHandler, Response } from 'express';
+import type { NextFunction, Request, Response } from 'express';
+import type { PerimeterHandler } from '../types/express-augment';
 import type { Counter } from 'prom-client';
 import { HttpError, ServiceUnavailableError } from '../lib/errors';
 import { captureResponse, type CapturedResponse } from '../lib/idempotency/capture';
@@ -71,7 +72,11 @@ export interface IdempotencyOptions {
 }
 
 /** An {@link idempotency} middleware; `close()` closes a Redis connection opened for its `redis` option. */
-export type IdempotencyHandler = RequestHandler & { close(): Promise<void> };
+// An interface, not an intersection: TypeScript infers a route's params from an intersection as `unknown`.
+export interface IdempotencyHandler extends PerimeterHandler {
+  /** Forgets local state and closes the store connections it opened. */
+  close(): Promise<void>;
+}
 
 declare module '../lib/create-stack' {
   interface StackMiddleware {
