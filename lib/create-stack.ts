@@ -182,6 +182,7 @@ export function createStack(config: StackConfig = {}): Stack {
   const names: string[] = [];
   const handlers: StackHandler[] = [];
   const middleware: Record<string, StackHandler> = {};
+  const onEntry: Array<NonNullable<StackHandler['onEntry']>> = [];
   try {
     // The factories' setup warnings (a window of 60 ms…) go to the stack's logger.
     withSetupLogger(logger, () => {
@@ -193,6 +194,7 @@ export function createStack(config: StackConfig = {}): Stack {
         names.push(name);
         handlers.push(handler);
         middleware[name] = handler;
+        if (handler.onEntry !== undefined) onEntry.push(handler.onEntry);
       }
     });
     placeExtras(names, handlers, middleware);
@@ -230,6 +232,7 @@ export function createStack(config: StackConfig = {}): Stack {
     }
     checkForwardedFor(req, logger);
     lifecycle.markResponse(res);
+    for (let i = 0; i < onEntry.length; i++) onEntry[i](res);
     let index = 0;
     // A plain loop over the handlers (no per-layer path matching, as a Router would do).
     const next = (err?: unknown): void => {

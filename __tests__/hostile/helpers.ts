@@ -66,7 +66,6 @@ export const CONCURRENCY = 16;
  * its fix is merged: from then on its property guards the fix like any other.
  */
 export const AWAITING_FIX: Record<string, string> = {
-  'powered-by': 'the /metrics endpoint (and its 401) answers before securityHeaders runs, so it carries X-Powered-By: Express and none of the security headers',
   'missing-host': "an HTTP/1.1 request without Host gets Node's bare 400 (requireHostHeader), without the envelope or a request id",
 };
 
