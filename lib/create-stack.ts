@@ -218,6 +218,7 @@ export function createStack(config: StackConfig = {}): Stack {
     logger,
     onDraining: () => (middleware.health as HealthHandler | undefined)?.drain(),
     close,
+    refusesMissingHost: middleware.requestId !== undefined,
   });
 
   let trustProxyApplied = config.trustProxy === undefined;
