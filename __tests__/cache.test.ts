@@ -6,7 +6,7 @@ import request from 'supertest';
 import { cache, ConfigError, createStack } from '../index';
 import type { CacheOptions } from '../middleware/cache';
 import { etagListMatches, strongEtag } from '../lib/etag';
-import { newApp, recordingLogger } from './helpers/app';
+import { eventually, newApp, recordingLogger } from './helpers/app';
 
 /** The etag package's strong form, computed independently of lib/etag. */
 function expectedEtag(body: string | Buffer): string {
@@ -25,10 +25,6 @@ let namespaces = 0;
 /** Standalone caches share the process's memory stores per namespace: each test app gets its own. */
 function isolated(options: CacheOptions = {}): CacheOptions {
   return { namespace: `test-${++namespaces}`, ...options };
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 /** An app with `cache(options)` in front of a few routes; `calls` counts handler runs per route. */
@@ -312,13 +308,24 @@ describe('cache: server-side store (memory)', () => {
   it('runs the handler once for 50 concurrent misses of one key (coalescing)', async () => {
     const app = newApp();
     let runs = 0;
+    let arrived = 0;
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    app.use((_req, _res, next) => {
+      arrived++;
+      next();
+    });
     app.use(cache(isolated({ ttl: 60 })));
     app.get('/slow', async (_req, res) => {
       runs++;
-      await delay(100);
+      await gate;
       res.json({ run: runs });
     });
-    const responses = await Promise.all(Array.from({ length: 50 }, () => request(app).get('/slow')));
+    const sent = Promise.all(Array.from({ length: 50 }, () => request(app).get('/slow')));
+    // The filler holds the entry until every request arrived: each of the others waits for it.
+    await eventually(() => expect(arrived).toBe(50), 15_000);
+    release();
+    const responses = await sent;
     expect(runs).toBe(1);
     expect(new Set(responses.map((r) => r.text))).toEqual(new Set(['{"run":1}']));
     expect(responses.filter((r) => r.headers['x-cache'] === 'MISS')).toHaveLength(1);
@@ -328,13 +335,24 @@ describe('cache: server-side store (memory)', () => {
   it("lets waiters run the handler themselves when the filler's answer cannot be shared", async () => {
     const app = newApp();
     let runs = 0;
+    let arrived = 0;
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    app.use((_req, _res, next) => {
+      arrived++;
+      next();
+    });
     app.use(cache(isolated({ ttl: 60 })));
     app.get('/flaky', async (_req, res) => {
-      runs++;
-      await delay(50);
-      res.status(runs === 1 ? 503 : 200).send(`run ${runs}`);
+      const run = ++runs;
+      // The first run answers 503 once all five requests arrived (the others wait for its fill).
+      if (run === 1) await gate;
+      res.status(run === 1 ? 503 : 200).send(`run ${run}`);
     });
-    const responses = await Promise.all(Array.from({ length: 5 }, () => request(app).get('/flaky')));
+    const sent = Promise.all(Array.from({ length: 5 }, () => request(app).get('/flaky')));
+    await eventually(() => expect(arrived).toBe(5), 15_000);
+    release();
+    const responses = await sent;
     expect(runs).toBe(5);
     expect(responses.filter((r) => r.status === 503)).toHaveLength(1);
   });
@@ -342,18 +360,24 @@ describe('cache: server-side store (memory)', () => {
   it('releases waiters after lockTimeout when the filler hangs', async () => {
     const app = newApp();
     let runs = 0;
+    let entered!: () => void;
+    const filling = new Promise<void>((resolve) => (entered = resolve));
+    let release!: () => void;
+    const hang = new Promise<void>((resolve) => (release = resolve));
     app.use(cache(isolated({ ttl: 60, lockTimeout: 100 })));
     app.get('/hang', async (_req, res) => {
-      runs++;
-      await delay(runs === 1 ? 600 : 10);
+      if (++runs === 1) {
+        entered();
+        await hang;
+      }
       res.send(`run ${runs}`);
     });
     const first = request(app).get('/hang').then((r) => r);
-    await delay(20);
-    const started = Date.now();
-    const second = await request(app).get('/hang').expect(200);
-    expect(Date.now() - started).toBeLessThan(500);
+    await filling;
+    // The filler still hangs when the second request is answered: only lockTimeout released it.
+    const second = await request(app).get('/hang').expect(200, 'run 2');
     expect(second.headers['x-cache']).toBe('MISS');
+    release();
     expect((await first).status).toBe(200);
   });
 
@@ -523,19 +547,27 @@ describe('cache: server-side store (memory)', () => {
     let now = 1_000_000;
     const app = newApp();
     let runs = 0;
+    let entered!: () => void;
+    const refreshStarted = new Promise<void>((resolve) => (entered = resolve));
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => (release = resolve));
     app.use(cache(isolated({ ttl: 10, staleWhileRevalidate: 30, now: () => now })));
     app.get('/news', async (_req, res) => {
       runs++;
-      if (runs > 1) await delay(150);
+      if (runs === 2) {
+        entered();
+        await gate;
+      }
       res.send(`edition ${runs}`);
     });
     await request(app).get('/news').expect(200, 'edition 1');
     now += 15_000;
     const refreshing = request(app).get('/news').then((r) => r);
-    await delay(30);
+    await refreshStarted;
     const stale = await request(app).get('/news').expect(200, 'edition 1');
     expect(stale.headers['x-cache']).toBe('STALE');
     expect(stale.headers.age).toBe('15');
+    release();
     const refreshed = await refreshing;
     expect(refreshed.text).toBe('edition 2');
     expect(refreshed.headers['x-cache']).toBe('MISS');

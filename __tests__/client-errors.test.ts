@@ -83,6 +83,24 @@ describe('handleClientErrors', () => {
     });
   });
 
+  it.each([
+    ['a control character in a header value', {}, 'HEAD / HTTP/1.1\r\nHost: x\r\nX-Note: a\x01b\r\n\r\n', 400],
+    ['headers over maxHeaderSize', { maxHeaderSize: 1024 }, `HEAD / HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(4096)}\r\n\r\n`, 431],
+  ])('answers a HEAD request refused for %s with the headers and no body (#11)', async (_name, options, payload, status) => {
+    const { server } = serve(options);
+    const res = await raw(await start(server), payload);
+    expect(res.status).toBe(status);
+    expect(res.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    expect(res.headers.connection).toBe('close');
+    expect(res.body).toBe('');
+  });
+
+  it('keeps the body for a refused GET whose path starts with HEAD', async () => {
+    const { server } = serve();
+    const res = await raw(await start(server), 'GET /HEAD HTTP/1.1\r\nHost: x\r\nX-Note: a\x01b\r\n\r\n');
+    expect(res.body.error.code).toBe('BAD_REQUEST');
+  });
+
   it('answers a request not received in time with 408 REQUEST_TIMEOUT', async () => {
     const { server } = serve({ requestTimeout: 100, headersTimeout: 100, connectionsCheckingInterval: 20 } as http.ServerOptions);
     // Half a request head, then silence.

@@ -32,6 +32,38 @@ describe('createStack', () => {
     await stack.close();
   });
 
+  it.each([
+    ['/metrics with its token', '/metrics', 'Bearer metrics-token', 200],
+    ['the 401 of /metrics', '/metrics', 'Bearer wrong', 401],
+    ['/health', '/health', undefined, 200],
+    ['/health/ready', '/health/ready', undefined, 200],
+  ])('gives %s the security headers and no X-Powered-By, though it answers before securityHeaders (#11)', async (_name, path, authorization, status) => {
+    const { app, stack } = appWith({ logger: recordingLogger().logger, metrics: { token: 'metrics-token' } });
+    const req = request(app).get(path);
+    if (authorization !== undefined) req.set('Authorization', authorization);
+    const res = await req.expect(status);
+    expect(res.headers['x-powered-by']).toBeUndefined();
+    expect(res.headers['x-content-type-options']).toBe('nosniff');
+    expect(res.headers['content-security-policy']).toBe("default-src 'none';frame-ancestors 'none'");
+    expect(res.headers['strict-transport-security']).toBe('max-age=31536000; includeSubDomains');
+    await stack.close();
+  });
+
+  it("sets the user's securityHeaders options on those early answers too", async () => {
+    const { app, stack } = appWith({ logger: recordingLogger().logger, securityHeaders: { referrerPolicy: { policy: 'same-origin' } } });
+    const res = await request(app).get('/health').expect(200);
+    expect(res.headers['referrer-policy']).toBe('same-origin');
+    await stack.close();
+  });
+
+  it('leaves X-Powered-By and the security headers alone when securityHeaders is off', async () => {
+    const { app, stack } = appWith({ logger: recordingLogger().logger, securityHeaders: false });
+    const res = await request(app).get('/health').expect(200);
+    expect(res.headers['x-powered-by']).toBe('Express');
+    expect(res.headers['x-content-type-options']).toBeUndefined();
+    await stack.close();
+  });
+
   it('answers unknown routes with the 404 envelope', async () => {
     const { app } = appWith({ logger: recordingLogger().logger });
     const res = await request(app).get('/nope').expect(404);

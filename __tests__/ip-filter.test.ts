@@ -299,7 +299,6 @@ function banApp(stack: Stack): Express {
 }
 
 const login = (app: Express, ip: string) => request(app).post('/login').set('X-Forwarded-For', ip);
-const settle = () => new Promise((resolve) => setTimeout(resolve, 30));
 
 describe('ipFilter autoBan', () => {
   it('bans an IP after N 401s within the window, logs it and counts it', async () => {
@@ -313,8 +312,9 @@ describe('ipFilter autoBan', () => {
     await from(app, '198.51.100.7', '/nope').expect(404);
     await login(app, '198.51.100.7').expect(401);
     await login(app, '198.51.100.7').expect(401);
+    // The memory counter counts a refusal as its response finishes, before the server reads the
+    // next request: by the time this answer arrives, both refusals of .7 are counted.
     await login(app, '198.51.100.8').expect(401);
-    await settle();
     expect(await filter.blocked()).toEqual([]);
 
     const before = Date.now();
@@ -339,8 +339,8 @@ describe('ipFilter autoBan', () => {
   it('stays off unless configured', async () => {
     const stack = createStack({ logger: recordingLogger().logger, trustProxy: 'loopback' });
     const app = banApp(stack);
+    // Each refusal would be counted before the next request is read (memory counter).
     for (let i = 0; i < 25; i++) await login(app, '198.51.100.9').expect(401);
-    await settle();
     expect(await stack.middleware.ipFilter.blocked()).toEqual([]);
     await stack.close();
   });
@@ -409,7 +409,8 @@ describeRedis('ipFilter shared through Redis', () => {
     return { stack, app: banApp(stack), filter: stack.middleware.ipFilter, lines };
   }
 
-  it('a block on one instance applies on another within a second, and so does the unblock', async () => {
+  // Within a deadline far below the 30 s periodic reload: only the pub/sub message can carry it.
+  it('a block on one instance applies on another through pub/sub, and so does the unblock', async () => {
     const prefix = uniquePrefix();
     const a = instance(prefix);
     const b = instance(prefix);
@@ -417,32 +418,36 @@ describeRedis('ipFilter shared through Redis', () => {
 
     await a.filter.block('203.0.113.50');
     expect(await raw.zscore(`${prefix}ipFilter:{blocks}`, '203.0.113.50')).toBe('inf');
-    await eventually(async () => expectIpBlocked(await from(b.app, '203.0.113.50', '/games'), 'blocked'), 1000);
+    await eventually(async () => expectIpBlocked(await from(b.app, '203.0.113.50', '/games'), 'blocked'), 10_000);
     await from(b.app, '203.0.113.51', '/games').expect(200);
 
     await a.filter.unblock('203.0.113.50');
     expect(await raw.zscore(`${prefix}ipFilter:{blocks}`, '203.0.113.50')).toBeNull();
-    await eventually(async () => expect((await from(b.app, '203.0.113.50', '/games')).status).toBe(200), 1000);
+    await eventually(async () => expect((await from(b.app, '203.0.113.50', '/games')).status).toBe(200), 10_000);
 
     // Another prefix is another deployment: it does not see these blocks.
     const other = instance(uniquePrefix());
     await a.filter.block('203.0.113.52');
-    await eventually(async () => expect((await from(b.app, '203.0.113.52', '/games')).status).toBe(403), 1000);
+    await eventually(async () => expect((await from(b.app, '203.0.113.52', '/games')).status).toBe(403), 10_000);
     await from(other.app, '203.0.113.52', '/games').expect(200);
   });
 
   it('shares TTLs, and a fresh instance enforces existing blocks from its first request', async () => {
     const prefix = uniquePrefix();
     const a = instance(prefix);
+    const before = Date.now();
     await a.filter.block('2001:db8::77', '1h');
+    const after = Date.now();
     const score = Number(await raw.zscore(`${prefix}ipFilter:{blocks}`, '2001:db8::77'));
-    expect(Math.abs(score - (Date.now() + 3_600_000))).toBeLessThan(5000);
+    expect(score).toBeGreaterThanOrEqual(before + 3_600_000);
+    expect(score).toBeLessThanOrEqual(after + 3_600_000);
 
     const c = instance(prefix);
     expectIpBlocked(await from(c.app, '2001:db8::77', '/games'), 'blocked');
     const [block] = await c.filter.blocked();
     expect(block.ip).toBe('2001:db8::77');
-    expect(Math.abs((block.expiresAt as number) - (Date.now() + 3_600_000))).toBeLessThan(5000);
+    expect(block.expiresAt).toBeGreaterThanOrEqual(before + 3_600_000);
+    expect(block.expiresAt).toBeLessThanOrEqual(Date.now() + 3_600_000);
   });
 
   it('heals a missed message with the periodic reload', async () => {
@@ -451,9 +456,9 @@ describeRedis('ipFilter shared through Redis', () => {
     await from(a.app, '192.0.2.200', '/games').expect(200);
     // Written behind the instance's back, with no message: only a reload can reveal it.
     await raw.zadd(`${prefix}ipFilter:{blocks}`, '+inf', '192.0.2.200');
-    await eventually(async () => expectIpBlocked(await from(a.app, '192.0.2.200', '/games'), 'blocked'), 1500);
+    await eventually(async () => expectIpBlocked(await from(a.app, '192.0.2.200', '/games'), 'blocked'), 10_000);
     await raw.zrem(`${prefix}ipFilter:{blocks}`, '192.0.2.200');
-    await eventually(async () => expect((await from(a.app, '192.0.2.200', '/games')).status).toBe(200), 1500);
+    await eventually(async () => expect((await from(a.app, '192.0.2.200', '/games')).status).toBe(200), 10_000);
   });
 
   it('keeps a change made while a full reload is in flight (the snapshot may predate it)', async () => {
@@ -478,6 +483,8 @@ describeRedis('ipFilter shared through Redis', () => {
     const stores = new RedisStores(redisUrl as string, { logger: recordingLogger().logger, prefix });
     const filter = ipFilter({ stores, syncInterval: '100ms' });
     const app = aloneWith(filter);
+    const peerStores = new RedisStores(redisUrl as string, { logger: recordingLogger().logger, prefix });
+    let peerFilter: ReturnType<typeof ipFilter> | undefined;
     try {
       await from(app, '192.0.2.150').expect(200);
       const channel = `${prefix}ipFilter:blocks`;
@@ -485,12 +492,19 @@ describeRedis('ipFilter shared through Redis', () => {
       await filter.close();
       // Redis counts the UNSUBSCRIBE once it has processed it; a re-subscription would keep it at 1.
       await eventually(async () => expect(await raw.pubsub('NUMSUB', channel)).toEqual([channel, 0]));
+      // A peer on the same schedule, left open: once it sees a block written with no message, a
+      // reload interval has passed, and the closed filter would have reloaded too.
+      peerFilter = ipFilter({ stores: peerStores, syncInterval: '100ms' });
+      const peer = aloneWith(peerFilter);
+      await from(peer, '192.0.2.150').expect(200);
       await raw.zadd(`${prefix}ipFilter:{blocks}`, '+inf', '192.0.2.150');
-      await new Promise((resolve) => setTimeout(resolve, 350));
+      await eventually(async () => expect((await from(peer, '192.0.2.150')).status).toBe(403));
       await from(app, '192.0.2.150').expect(200);
       expect(await stores.counter('still-open').increment('k', 1000)).toMatchObject({ count: 1 });
     } finally {
+      await peerFilter?.close();
       await stores.close();
+      await peerStores.close();
     }
   });
 
@@ -501,11 +515,12 @@ describeRedis('ipFilter shared through Redis', () => {
     const b = instance(prefix, autoBan);
     await login(a.app, '198.51.100.20').expect(401);
     await login(a.app, '198.51.100.20').expect(401);
-    await settle();
+    // Both refusals counted in Redis (the count is written after the answer), and no ban.
+    await eventually(async () => expect(await raw.get(`${prefix}ipFilter:autoBan:{198.51.100.20}`)).toBe('2'));
     expect(await raw.zscore(`${prefix}ipFilter:{blocks}`, '198.51.100.20')).toBeNull();
     await login(b.app, '198.51.100.20').expect(401);
-    await eventually(async () => expectIpBlocked(await from(a.app, '198.51.100.20', '/games'), 'blocked'), 1000);
-    await eventually(async () => expectIpBlocked(await from(b.app, '198.51.100.20', '/games'), 'blocked'), 1000);
+    await eventually(async () => expectIpBlocked(await from(a.app, '198.51.100.20', '/games'), 'blocked'));
+    await eventually(async () => expectIpBlocked(await from(b.app, '198.51.100.20', '/games'), 'blocked'));
     expect(b.lines.filter((l) => l.code === 'IP_AUTO_BANNED')).toHaveLength(1);
     expect(a.lines.filter((l) => l.code === 'IP_AUTO_BANNED')).toHaveLength(0);
     expect(Number(await raw.zscore(`${prefix}ipFilter:{blocks}`, '198.51.100.20'))).toBeGreaterThan(Date.now() + 200_000);
@@ -520,18 +535,23 @@ describeRedis('ipFilter shared through Redis', () => {
     const a = instance(prefix, true, viaProxy);
     try {
       await direct.filter.block('192.0.2.10');
-      await eventually(async () => expect((await from(a.app, '192.0.2.10', '/games')).status).toBe(403), 1000);
-      // Let the start-up loads finish, so that only the reconnect can reveal what follows.
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await eventually(async () => expect((await from(a.app, '192.0.2.10', '/games')).status).toBe(403));
+      // Both connections up and subscribed (start-up loads done), so that only the reconnect can
+      // reveal what follows.
+      const connection = (a.stack.stores as RedisStores).connection;
+      const channel = `${prefix}ipFilter:blocks`;
+      await eventually(async () => {
+        expect([connection.client.status, connection.subscriber().status]).toEqual(['ready', 'ready']);
+        expect(await raw.pubsub('NUMSUB', channel)).toEqual([channel, 2]);
+      });
 
+      // Answered while Redis is still cut off (it comes back only after these): from the mirror.
       proxy.cut();
-      const started = Date.now();
-      expectIpBlocked(await from(a.app, '192.0.2.10', '/games').timeout(2000), 'blocked');
-      await from(a.app, '192.0.2.11', '/games').timeout(2000).expect(200);
-      expect(Date.now() - started).toBeLessThan(2000);
+      expectIpBlocked(await from(a.app, '192.0.2.10', '/games'), 'blocked');
+      await from(a.app, '192.0.2.11', '/games').expect(200);
       // A block during the outage applies here at once; the caller learns it was not shared.
       await expect(a.filter.block('192.0.2.12')).rejects.toThrow();
-      expectIpBlocked(await from(a.app, '192.0.2.12', '/games').timeout(2000), 'blocked');
+      expectIpBlocked(await from(a.app, '192.0.2.12', '/games'), 'blocked');
 
       // Missed while cut off: the reconnect reloads in full (the periodic reload is 30 s away).
       await direct.filter.block('192.0.2.13');
@@ -559,13 +579,11 @@ describeRedis('ipFilter shared through Redis', () => {
     await direct.filter.block('192.0.2.98');
     const a = instance(prefix, { deny: ['192.0.2.99'] }, viaProxy);
     try {
-      const started = Date.now();
       // The first request waits for the first load to fail (bounded by the command timeout), then
-      // is served with the static lists.
-      await from(a.app, '192.0.2.1', '/games').timeout(3000).expect(200);
-      expectIpBlocked(await from(a.app, '192.0.2.99', '/games').timeout(3000), 'denied');
-      await from(a.app, '192.0.2.98', '/games').timeout(3000).expect(200);
-      expect(Date.now() - started).toBeLessThan(3000);
+      // is served with the static lists; all of this while Redis is still cut off.
+      await from(a.app, '192.0.2.1', '/games').expect(200);
+      expectIpBlocked(await from(a.app, '192.0.2.99', '/games'), 'denied');
+      await from(a.app, '192.0.2.98', '/games').expect(200);
       proxy.restore();
       await eventually(async () => expectIpBlocked(await from(a.app, '192.0.2.98', '/games'), 'blocked'), 5000);
     } finally {

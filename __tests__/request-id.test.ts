@@ -1,6 +1,8 @@
+import { createServer, type Server } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
 import request from 'supertest';
-import { getContext, requestId } from '../index';
-import { newApp } from './helpers/app';
+import { createStack, getContext, requestId, type Stack, type StackConfig } from '../index';
+import { newApp, recordingLogger } from './helpers/app';
 
 function app(options?: Parameters<typeof requestId>[0]) {
   const a = newApp();
@@ -199,5 +201,87 @@ describe('requestId', () => {
     expect((await request(a).get('/').set('User-Agent', ua.desktop)).body.device).toBe('desktop');
     expect((await request(a).get('/').set('User-Agent', ua.bot)).body.device).toBe('bot');
     expect((await request(a).get('/').set('User-Agent', '')).body.device).toBe('unknown');
+  });
+});
+
+describe('an HTTP/1.1 request without Host', () => {
+  const servers: Server[] = [];
+  const stacks: Stack[] = [];
+  afterEach(async () => {
+    for (const s of servers.splice(0)) {
+      s.closeAllConnections();
+      await new Promise((r) => s.close(r));
+    }
+    for (const stack of stacks.splice(0)) await stack.close();
+  });
+
+  async function serve(config: StackConfig): Promise<number> {
+    const stack = createStack({ logger: recordingLogger().logger, ...config });
+    stacks.push(stack);
+    const app = newApp();
+    app.use(stack);
+    app.get('/', (_req, res) => {
+      res.json({ served: true });
+    });
+    app.use(stack.errorHandler);
+    const server = createServer(app);
+    servers.push(server);
+    stack.attach(server, { signals: [], exit: false });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    return (server.address() as AddressInfo).port;
+  }
+
+  /** Sends `payload` and returns everything the server wrote until it closed the connection. */
+  function exchange(port: number, payload: string): Promise<{ status: number; headers: Record<string, string>; body: string }> {
+    return new Promise((resolve, reject) => {
+      const socket = connect(port, '127.0.0.1', () => socket.write(payload));
+      let data = '';
+      socket.on('data', (c: Buffer) => (data += c.toString('latin1')));
+      socket.on('error', reject);
+      socket.on('close', () => {
+        const at = data.indexOf('\r\n\r\n');
+        const [statusLine, ...lines] = data.slice(0, at).split('\r\n');
+        const headers: Record<string, string> = {};
+        for (const line of lines) headers[line.slice(0, line.indexOf(':')).toLowerCase()] = line.slice(line.indexOf(':') + 1).trim();
+        resolve({ status: Number(statusLine.split(' ')[1]), headers, body: data.slice(at + 4) });
+      });
+    });
+  }
+
+  it('is refused by an attached stack with 400 BAD_REQUEST in the envelope, with its request id, and the connection closes (#11)', async () => {
+    const port = await serve({});
+    const res = await exchange(port, 'GET / HTTP/1.1\r\n\r\n');
+    expect(res.status).toBe(400);
+    expect(res.headers.connection).toBe('close');
+    expect(res.headers['x-content-type-options']).toBe('nosniff');
+    expect(JSON.parse(res.body)).toEqual({
+      error: {
+        code: 'BAD_REQUEST',
+        message: 'An HTTP/1.1 request must carry a Host header.',
+        request_id: res.headers['x-request-id'],
+        details: { reason: 'missing_host' },
+      },
+    });
+  });
+
+  it('is served when it is HTTP/1.0, which may leave Host out', async () => {
+    const port = await serve({});
+    const res = await exchange(port, 'GET / HTTP/1.0\r\n\r\n');
+    expect(res.status).toBe(200);
+    expect(JSON.parse(res.body)).toEqual({ served: true });
+  });
+
+  it('is served when it carries Host', async () => {
+    const port = await serve({});
+    const res = await exchange(port, 'GET / HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n\r\n');
+    expect(res.status).toBe(200);
+  });
+
+  it("is left to Node's own 400 when the stack has no requestId to refuse it", async () => {
+    const port = await serve({ requestId: false });
+    const res = await exchange(port, 'GET / HTTP/1.1\r\n\r\n');
+    expect(res.status).toBe(400);
+    expect(res.headers['x-request-id']).toBeUndefined();
+    expect(res.body).not.toContain('served');
   });
 });

@@ -235,15 +235,19 @@ describe('sizeLimit: bodies without Content-Length', () => {
   });
 
   it('drops the late response of a handler whose upload was refused, logging ERR_SIZE_LIMIT_LATE_WRITE', async () => {
+    let release!: () => void;
+    const answerLate = new Promise<void>((resolve) => (release = resolve));
     const { app, lines } = stackApp({ sizeLimit: { max: '2kb' } }, (a) =>
       a.post('/upload', (req, res) => {
         req.on('data', () => undefined);
-        // A handler that answers on its own schedule, whatever happened to its body.
-        setTimeout(() => res.status(201).json({ stored: true }), 30);
+        // A handler that answers on its own schedule, whatever happened to its body: here, once
+        // the client has its 413.
+        void answerLate.then(() => res.status(201).json({ stored: true }));
       }),
     );
     const res = await upload(app, '/upload', kb(10));
     expect(res.status).toBe(413);
+    release();
     await eventually(() => expect(lines.some((l) => l.code === 'ERR_SIZE_LIMIT_LATE_WRITE')).toBe(true));
     const late = lines.find((l) => l.code === 'ERR_SIZE_LIMIT_LATE_WRITE');
     expect(late).toMatchObject({ level: 'debug', method: 'status', request_id: res.headers['x-request-id'] });

@@ -25,6 +25,8 @@ const ANSWERS: Record<string, { status: number; code: string; message: string }>
 };
 const BAD_REQUEST = { status: 400, code: 'BAD_REQUEST', message: 'The request could not be parsed as HTTP.' };
 
+const HEAD = Buffer.from('HEAD ');
+
 // The servers this copy of the library answers for (weak: a closed server takes its entry along).
 const installed = new WeakSet<object>();
 const VALID_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -36,7 +38,7 @@ const VALID_ID = /^[A-Za-z0-9._:-]{1,128}$/;
  * `400 Bad Request`: `{ error: { code, message, request_id } }`, a generated request id in the
  * header, and `Connection: close` (the parser cannot continue on that connection). 431
  * REQUEST_HEADER_FIELDS_TOO_LARGE for oversized headers, 408 REQUEST_TIMEOUT on timeout,
- * 400 BAD_REQUEST otherwise. Never throws, also when the socket is already gone.
+ * 400 BAD_REQUEST otherwise; to a HEAD request, the same headers without the body. Never throws, also when the socket is already gone.
  * Installing twice on one server is a no-op. Returns the server.
  *
  * @example handleClientErrors(app.listen(3000));
@@ -89,14 +91,15 @@ export function handleClientErrors<S extends EventEmitter>(server: S, options: C
         parser_code: err.code,
         ip: (socket as { remoteAddress?: string }).remoteAddress,
       });
-      socket.end(
+      const head =
         `HTTP/1.1 ${answer.status} ${STATUS_CODES[answer.status]}\r\n` +
-          'Content-Type: application/json; charset=utf-8\r\n' +
-          `Content-Length: ${Buffer.byteLength(body)}\r\n` +
-          `${header}: ${id}\r\n` +
-          'Connection: close\r\n\r\n' +
-          body,
-      );
+        'Content-Type: application/json; charset=utf-8\r\n' +
+        `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+        `${header}: ${id}\r\n` +
+        'Connection: close\r\n\r\n';
+      // A HEAD answer has the headers a GET answer would have and no body: a client reads the
+      // body bytes as the start of a next response.
+      socket.end(isHead(err) ? head : head + body);
       // FIN after the answer; what the client still sends (the rest of a body, further requests)
       // is read and thrown away for a bounded time, so the client reads its answer instead of a
       // reset, and a peer that never closes its side cannot keep the socket open.
@@ -106,4 +109,14 @@ export function handleClientErrors<S extends EventEmitter>(server: S, options: C
     }
   });
   return server;
+}
+
+/**
+ * Whether the refused request is a HEAD. Node gives the chunk it was parsing when it gave up,
+ * which starts with the request line unless the head was split over several reads (then, and
+ * for a timeout, which has no chunk, the answer carries its body).
+ */
+function isHead(err: NodeJS.ErrnoException): boolean {
+  const packet = (err as { rawPacket?: unknown }).rawPacket;
+  return Buffer.isBuffer(packet) && packet.length >= HEAD.length && packet.compare(HEAD, 0, HEAD.length, 0, HEAD.length) === 0;
 }

@@ -185,6 +185,7 @@ export function createStack(config: StackConfig = {}): Stack {
   const names: string[] = [];
   const handlers: StackHandler[] = [];
   const middleware: Record<string, StackHandler> = {};
+  const onEntry: Array<NonNullable<StackHandler['onEntry']>> = [];
   try {
     // The factories' setup warnings (a window of 60 ms…) go to the stack's logger.
     withSetupLogger(logger, () => {
@@ -196,6 +197,7 @@ export function createStack(config: StackConfig = {}): Stack {
         names.push(name);
         handlers.push(handler);
         middleware[name] = handler;
+        if (handler.onEntry !== undefined) onEntry.push(handler.onEntry);
       }
     });
     placeExtras(names, handlers, middleware);
@@ -219,6 +221,7 @@ export function createStack(config: StackConfig = {}): Stack {
     logger,
     onDraining: () => (middleware.health as HealthHandler | undefined)?.drain(),
     close,
+    refusesMissingHost: middleware.requestId !== undefined,
   });
 
   let trustProxyApplied = config.trustProxy === undefined;
@@ -233,6 +236,7 @@ export function createStack(config: StackConfig = {}): Stack {
     }
     checkForwardedFor(req, logger);
     lifecycle.markResponse(res);
+    for (let i = 0; i < onEntry.length; i++) onEntry[i](res);
     let index = 0;
     // A plain loop over the handlers (no per-layer path matching, as a Router would do).
     const next = (err?: unknown): void => {

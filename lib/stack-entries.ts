@@ -17,13 +17,21 @@ import { createMetrics } from '../middleware/metrics';
 import { requestId } from '../middleware/request-id';
 import { requestLogger } from '../middleware/request-logger';
 import { sanitize } from '../middleware/sanitize';
-import { securityHeaders } from '../middleware/security-headers';
+import { stackSecurityHeaders } from '../middleware/security-headers';
 import { sizeLimitCeiling, stackSizeLimit } from '../middleware/size-limit';
 import { tenant } from '../middleware/tenant';
 import { timeout } from '../middleware/timeout';
 
-/** A middleware as createStack builds it; run-time methods (block, invalidate…) hang off the handler. */
-export type StackHandler = RequestHandler & { close?: () => Promise<void> | void; extra?: StackExtra[] };
+/**
+ * A middleware as createStack builds it; run-time methods (block, invalidate…) hang off the
+ * handler. `onEntry` runs on every request as it enters the stack, before any middleware can
+ * answer (securityHeaders: every answer carries its headers, whichever middleware gives it).
+ */
+export type StackHandler = RequestHandler & {
+  close?: () => Promise<void> | void;
+  extra?: StackExtra[];
+  onEntry?: (res: import('node:http').ServerResponse) => void;
+};
 
 /**
  * A second handler an entry needs further down the chain (sizeLimit's per-tier check must run
@@ -95,7 +103,9 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   // Right after metrics (probes are counted) and before everything that could refuse, delay or record
   // a probe; it answers without calling the rest of the chain. Its readiness includes the stack's stores.
   health: { name: 'health', defaultOn: true, build: (o, { runtime }) => createHealth(o, runtime) },
-  securityHeaders: { name: 'securityHeaders', defaultOn: true, build: (o) => securityHeaders(o) },
+  // Its headers are set as the request enters the stack (onEntry), so the answers of metrics and
+  // health, which come before its place, carry them too.
+  securityHeaders: { name: 'securityHeaders', defaultOn: true, build: (o) => stackSecurityHeaders(o) },
   cors: { name: 'cors', defaultOn: false, build: (o) => cors(o) },
   // Off until configured; the stack's logger receives its setup warnings (weak JWT secret).
   auth: { name: 'auth', defaultOn: false, build: (o, { runtime }) => auth({ logger: runtime.logger, ...o }) },

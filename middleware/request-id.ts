@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import type { RequestHandler } from 'express';
+import type { NextFunction, RequestHandler, Response } from 'express';
 import { v7 as uuidv7 } from 'uuid';
 import { RequestContext, runWithContext } from '../lib/context';
-import { ConfigError } from '../lib/errors';
+import { BadRequestError, ConfigError } from '../lib/errors';
 import { checkOptions } from '../lib/options';
 import { setIdentity } from '../lib/request-slots';
 import { runtimeOf } from '../lib/runtime';
@@ -66,9 +66,30 @@ export function requestId(options: RequestIdOptions = {}): RequestHandler {
     if (traceId !== undefined) ctx.traceId = traceId;
     setIdentity(req, id, ctx);
     res.setHeader(header, id);
-    if (asyncContext) runWithContext(ctx, next);
-    else next();
+    const proceed = req.headers.host === undefined && req.httpVersionMajor === 1 && req.httpVersionMinor >= 1 ? refuseMissingHost(res, next) : next;
+    if (asyncContext) runWithContext(ctx, proceed);
+    else proceed();
   };
+}
+
+/**
+ * HTTP/1.1 requires a Host header (RFC 9112 §3.2: 400 without it); HTTP/1.0 may leave it out.
+ * Node refuses such a request itself with a bare 400, unless `stack.attach()` turned that off so
+ * the refusal carries the request id and the envelope, as here. The connection closes, as Node's
+ * answer closes it: a client this broken is not kept.
+ */
+function refuseMissingHost(res: Response, next: NextFunction): () => void {
+  // Built without a stack trace: such requests can come in floods, and the trace is never shown.
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  let err: BadRequestError;
+  try {
+    err = new BadRequestError('An HTTP/1.1 request must carry a Host header.', { reason: 'missing_host' });
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
+  res.setHeader('Connection', 'close');
+  return () => next(err);
 }
 
 /**

@@ -1,6 +1,8 @@
-import type { RequestHandler } from 'express';
+import type { ServerResponse } from 'node:http';
+import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import helmet, { type HelmetOptions } from 'helmet';
 import { checkOptions } from '../lib/options';
+import type { StackHandler } from '../lib/stack-entries';
 import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link securityHeaders}: helmet's options, merged over the API defaults. */
@@ -40,6 +42,26 @@ const HELMET_KEYS = [
  */
 export function securityHeaders(options?: SecurityHeadersOptions): PerimeterHandler;
 export function securityHeaders(options: SecurityHeadersOptions = {}): RequestHandler {
+  const setHeaders = securityHeaderSetter(options);
+  return function securityHeadersMiddleware(_req, res, next) {
+    setHeaders(res);
+    next();
+  };
+}
+
+/**
+ * securityHeaders as createStack places it: the stack sets the headers as a request enters it
+ * (`onEntry`), so the answers of the middleware before this place (metrics' `/metrics` and its
+ * refusals, health's probes, an error of requestId) carry them too; at its place it passes on.
+ */
+export function stackSecurityHeaders(options: SecurityHeadersOptions = {}): StackHandler {
+  return Object.assign(function securityHeadersInStack(_req: Request, _res: Response, next: NextFunction) {
+    next();
+  }, { onEntry: securityHeaderSetter(options) });
+}
+
+/** Checks the options and returns what each response gets: helmet's headers, computed once, and no X-Powered-By. */
+function securityHeaderSetter(options: SecurityHeadersOptions): (res: ServerResponse) => void {
   checkOptions('securityHeaders', options, HELMET_KEYS);
   // helmet rejects an option given under both its old and new name; a user's old name wins.
   const o = options as Record<string, unknown>;
@@ -48,13 +70,12 @@ export function securityHeaders(options: SecurityHeadersOptions = {}): RequestHa
   if ('frameguard' in o) delete m.xFrameOptions;
   if ('xFrameOptions' in o) delete m.frameguard;
   if ('hidePoweredBy' in o) delete m.xPoweredBy;
-  const headers = collectHeaders(helmet(m as HelmetOptions));
   // helmet's headers are the same on every response, so they are computed once here and each
   // request only copies them.
-  return function securityHeadersMiddleware(_req, res, next) {
+  const headers = collectHeaders(helmet(m as HelmetOptions));
+  return function setSecurityHeaders(res) {
     for (let i = 0; i < headers.length; i++) res.setHeader(headers[i][0], headers[i][1]);
     res.removeHeader('X-Powered-By');
-    next();
   };
 }
 

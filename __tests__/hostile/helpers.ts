@@ -65,15 +65,7 @@ export const CONCURRENCY = 16;
  * reported on stderr, but fail the run only with PERIMETER_FUZZ_STRICT=1. Delete an entry once
  * its fix is merged: from then on its property guards the fix like any other.
  */
-export const AWAITING_FIX: Record<string, string> = {
-  'client-ip': '#11 defect 5: an unparseable forwarded address must be refused with 400, a port/bracket form of a denied address denied',
-  traceparent: '#11 defect 6: an invalid traceparent must not become the request id',
-  'early-close': '#11 defect 9: an early answer whose body was not read must close the connection cleanly (no ECONNRESET on keep-alive)',
-  // Found by this suite in lib/client-errors.ts, which is not this branch's to change (see the #11 report).
-  'head-parser-answer': 'handleClientErrors answers a HEAD request the parser refused (431, 400) with a body; a HEAD answer has none',
-  'powered-by': 'the /metrics endpoint (and its 401) answers before securityHeaders runs, so it carries X-Powered-By: Express and none of the security headers',
-  'missing-host': "an HTTP/1.1 request without Host gets Node's bare 400 (requireHostHeader), without the envelope or a request id",
-};
+export const AWAITING_FIX: Record<string, string> = {};
 
 function awaited(kind: string): boolean {
   return process.env.PERIMETER_FUZZ_STRICT !== '1' && Object.prototype.hasOwnProperty.call(AWAITING_FIX, kind);
@@ -237,6 +229,9 @@ export async function startTarget(kind: 'memory' | 'redis', redis?: string, over
   // Idle keep-alive sockets stay open between batches (a GC pause can outlast Node's 5 s default,
   // and a socket the server closes just as the agent reuses it would fail a request for nothing).
   server.keepAliveTimeout = 120_000;
+  // As in production: the stack, not Node, answers an HTTP/1.1 request without Host. No signals:
+  // the test process's own must not start a shutdown.
+  stack.attach(server, { signals: [], exit: false });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
   const agent = new Agent({ keepAlive: true, maxSockets: CONCURRENCY, maxFreeSockets: CONCURRENCY });
@@ -661,11 +656,26 @@ function isDenied(address: string): boolean {
   });
 }
 
+// As health's own test of req.url: exact, with or without a trailing slash or a query.
+function isProbePath(target: string): boolean {
+  return ['/health', '/health/ready'].some((p) => target === p || target.startsWith(`${p}?`) || target === `${p}/` || target.startsWith(`${p}/?`));
+}
+
+/**
+ * Answered before ipFilter by design (API.md's order): CORS preflights (cors), /metrics (its own
+ * token and allow list) and the GET and HEAD probes of health, which a load balancer must reach
+ * whatever it forwards.
+ */
+function answeredBeforeIpFilter(fr: FuzzRequest): boolean {
+  if (fr.method === 'OPTIONS') return true;
+  if (routeOf(fr.path) === undefined && fr.path.split('?')[0].toLowerCase().replace(/\/$/, '') === '/metrics') return true;
+  return (fr.method === 'GET' || fr.method === 'HEAD') && isProbePath(fr.path);
+}
+
 function checkClientIp(fr: FuzzRequest, out: Outcome, add: (kind: string, detail: string) => void): void {
   const entry = forwardedClient(fr);
   if (entry === undefined) return;
-  // Answered before ipFilter by design: CORS preflights (cors) and /metrics (its own token and allow list).
-  if (fr.method === 'OPTIONS' || routeOf(fr.path) === undefined && fr.path.split('?')[0].toLowerCase().replace(/\/$/, '') === '/metrics') return;
+  if (answeredBeforeIpFilter(fr)) return;
   const address = forwardedAddress(entry);
   if (address === 'ambiguous') return;
   if (address === undefined) {

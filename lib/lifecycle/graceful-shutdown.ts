@@ -32,6 +32,8 @@ export interface ShutdownHooks {
   onDraining(): void;
   /** `stack.close()`: flushes the audit queue and closes the stores. */
   close(): Promise<void>;
+  /** The stack refuses an HTTP/1.1 request without Host itself (requestId is on), so Node's own check can be turned off. */
+  refusesMissingHost: boolean;
 }
 
 /**
@@ -71,6 +73,10 @@ export class GracefulShutdown {
     if (this.servers.includes(server)) return;
     this.servers.push(server);
     applySafeTimeouts(server);
+    // Node answers an HTTP/1.1 request without Host with a bare 400 (no envelope, no request id,
+    // no log line) before the app sees it; it reads this flag per request, and the stack's
+    // requestId gives the same 400 in the envelope.
+    if (this.hooks.refusesMissingHost) (server as Server & { requireHostHeader?: boolean }).requireHostHeader = false;
     server.on('connection', (socket: Socket) => {
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
