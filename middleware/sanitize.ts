@@ -63,9 +63,10 @@ const MAX_LOGGED = 10;
  * Cleans `req.query`, `req.body` and `req.params` of XSS, SQL, NoSQL, path-traversal and
  * command-injection payloads: per category 'strip' (remove the dangerous part), 'reject'
  * (400 INPUT_REJECTED naming the field and category, never the value) or 'report' (a warn
- * log line and `sanitize_detections_total{category,action}`, input unchanged). Keys
- * `__proto__`, `constructor` and `prototype` are always dropped. On Express 5, `req.query`
- * becomes an own property holding the cleaned query.
+ * log line and `sanitize_detections_total{category,action}`, input unchanged). What a strip
+ * leaves is judged again in every category until nothing strips, so no strip rebuilds a payload
+ * another category refuses. Keys `__proto__`, `constructor` and `prototype` are always dropped.
+ * On Express 5, `req.query` becomes an own property holding the cleaned query.
  */
 export function sanitize(options: SanitizeOptions = {}): RequestHandler {
   checkOptions('sanitize', options, KNOWN);
