@@ -7,6 +7,7 @@ import { onceOnExpressPrototype } from '../lib/request-slots';
 import { loggerOf, perRuntime } from '../lib/runtime';
 import { compileAllow } from '../lib/sanitize/allow';
 import { DETECTORS, detectAttacks } from '../lib/sanitize';
+import { triggerPattern, type Trigger } from '../lib/sanitize/trigger';
 import type { Action, Category } from '../lib/sanitize/types';
 import { Walk, type CategoryCheck, type Finding, type WalkConfig } from '../lib/sanitize/walker';
 
@@ -71,16 +72,16 @@ const MAX_LOGGED = 10;
 export function sanitize(options: SanitizeOptions = {}): RequestHandler {
   checkOptions('sanitize', options, KNOWN);
   const checks: CategoryCheck[] = [];
-  const triggers: string[] = [];
+  const triggers: Trigger[] = [];
   for (const category of CATEGORIES) {
     const action = actionOf(category, options[category] ?? DEFAULTS[category]);
     if (action === false) continue;
     checks.push({ detector: DETECTORS[category], action });
-    triggers.push(DETECTORS[category].trigger.source);
+    triggers.push(DETECTORS[category].triggerSpec);
   }
   const cfg: WalkConfig = {
     checks,
-    trigger: triggers.length === 0 ? undefined : new RegExp(triggers.join('|'), 'i'),
+    trigger: triggers.length === 0 ? undefined : triggerPattern(...triggers),
     operatorKeys: actionOf('nosql', options.nosql ?? DEFAULTS.nosql),
     allow: compileAllow(options.allow, 'sanitize.allow'),
     maxDepth: limit('sanitize.maxDepth', options.maxDepth ?? DEFAULTS.maxDepth, 1000),
