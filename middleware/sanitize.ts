@@ -9,7 +9,7 @@ import { compileAllow } from '../lib/sanitize/allow';
 import { DETECTORS, detectAttacks } from '../lib/sanitize';
 import { triggerPattern, type Trigger } from '../lib/sanitize/trigger';
 import type { Action, Category } from '../lib/sanitize/types';
-import { Walk, type CategoryCheck, type Finding, type WalkConfig } from '../lib/sanitize/walker';
+import { Walk, type CategoryCheck, type Tally, type WalkConfig } from '../lib/sanitize/walker';
 
 export { detectAttacks };
 /** What `sanitize` does with a category: remove the dangerous part, answer 400, only log and count, or nothing. */
@@ -84,6 +84,7 @@ export function sanitize(options: SanitizeOptions = {}): RequestHandler {
     trigger: triggers.length === 0 ? undefined : triggerPattern(...triggers),
     operatorKeys: actionOf('nosql', options.nosql ?? DEFAULTS.nosql),
     allow: compileAllow(options.allow, 'sanitize.allow'),
+    detailed: MAX_LOGGED,
     maxDepth: limit('sanitize.maxDepth', options.maxDepth ?? DEFAULTS.maxDepth, 1000),
     maxKeys: limit('sanitize.maxKeys', options.maxKeys ?? DEFAULTS.maxKeys, 10_000_000),
   };
@@ -119,10 +120,10 @@ export function sanitize(options: SanitizeOptions = {}): RequestHandler {
         if (cleaned !== params) req.params = cleaned as typeof params;
       }
     } catch (err) {
-      if (walk.findings !== undefined) report(req, walk.findings, detections(req));
+      if (walk.tally !== undefined) report(req, walk, detections(req));
       return next(err);
     }
-    if (walk.findings !== undefined) report(req, walk.findings, detections(req));
+    if (walk.tally !== undefined) report(req, walk, detections(req));
     next();
   };
 }
@@ -149,19 +150,21 @@ function defineQuerySetter(proto: object): void {
   }
 }
 
-function report(req: Request, findings: Finding[], detections: Counter<'category' | 'action'>): void {
+function report(req: Request, walk: Walk, detections: Counter<'category' | 'action'>): void {
+  let unlogged = 0;
+  for (const { category, action, count } of (walk.tally as Map<string, Tally>).values()) {
+    detections.inc({ category, action }, count);
+    if (action !== 'reject') unlogged += count;
+  }
   const log = loggerOf(req);
-  let logged = 0;
-  for (const f of findings) {
-    detections.inc({ category: f.category, action: f.action });
+  for (const f of walk.findings ?? []) {
     // A reject is logged by the error path with the request; strip and report are logged here.
-    if (f.action === 'reject' || logged >= MAX_LOGGED) continue;
-    logged++;
+    if (f.action === 'reject') continue;
+    unlogged--;
     const fields = { field: f.field, category: f.category, action: f.action };
     if (f.action === 'report') log.warn('Suspicious input reported', fields);
     else log.info('Suspicious input stripped', fields);
   }
-  const unlogged = findings.filter((f) => f.action !== 'reject').length - logged;
   if (unlogged > 0) log.warn('More suspicious input not logged', { count: unlogged });
 }
 

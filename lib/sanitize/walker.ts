@@ -19,8 +19,17 @@ export interface WalkConfig {
   /** What to do with `$`-operator and dotted keys (the nosql mode), or false. */
   operatorKeys: Action | false;
   allow: AllowList;
+  /** Detections (other than rejects) whose field is kept for the log; the rest are only counted. */
+  detailed: number;
   maxDepth: number;
   maxKeys: number;
+}
+
+/** How many detections of a category had an action. */
+export interface Tally {
+  category: Finding['category'];
+  action: Action;
+  count: number;
 }
 
 /** A detection: where, which category, and what was done. `field` never carries the value. */
@@ -38,8 +47,14 @@ export class Walk {
   /** Keys and array items seen so far, over every source of the request. */
   private keys = 0;
   private readonly path: Array<string | number> = [];
-  /** Detections in order; undefined while there are none (the common case allocates nothing). */
+  /**
+   * Detections in order, with their field: the first `cfg.detailed` that are not rejects, and a
+   * reject. Undefined while there are none (the common case allocates nothing).
+   */
   findings: Finding[] | undefined;
+  /** Every detection, counted by category and action (a field is rendered only for `findings`). */
+  tally: Map<string, Tally> | undefined;
+  private detailed = 0;
   /** What judging values again after strips may still cost in this request. */
   private readonly allowance = new RejudgeAllowance();
 
@@ -154,6 +169,17 @@ export class Walk {
   }
 
   private record(category: Finding['category'], action: Action): void {
+    const key = `${category}/${action}`;
+    const tally = (this.tally ??= new Map());
+    const counted = tally.get(key);
+    if (counted === undefined) tally.set(key, { category, action, count: 1 });
+    else counted.count++;
+    // A hostile request can carry a thousand bad keys: only the detections that will be logged
+    // (and a reject, which names its field) get their field rendered.
+    if (action !== 'reject') {
+      if (this.detailed >= this.cfg.detailed) return;
+      this.detailed++;
+    }
     (this.findings ??= []).push({ field: renderPath(this.path), category, action });
   }
 
