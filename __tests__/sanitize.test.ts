@@ -431,6 +431,83 @@ describe('sanitize', () => {
     });
   });
 
+  describe('what a strip leaves is judged again in every category (#11)', () => {
+    const TAG = '<script></script>';
+    // [what the strip rebuilds, options, request, field and category of the 400]
+    const rebuilt: Array<[string, SanitizeOptions, { body?: object; query?: string }, string, string]> = [
+      ['an SQL tautology', { sql: 'reject' }, { body: { v: `' OR${TAG} '1'='1` } }, 'body.v', 'sql'],
+      ['an SQL tautology in an array in an object', { sql: 'reject' }, { body: { a: ['x', { b: `' OR${TAG} '1'='1` }] } }, 'body.a[1].b', 'sql'],
+      ['an SQL tautology in the query', { sql: 'reject' }, { query: `v=${encodeURIComponent(`' OR${TAG} '1'='1`)}` }, 'query.v', 'sql'],
+      ['an SQL tautology behind percent-encoded tags', { sql: 'reject' }, { body: { v: "' OR%3Cscript%3E%3C/script%3E '1'='1" } }, 'body.v', 'sql'],
+      ['an SQL tautology behind entity-encoded tags', { sql: 'reject' }, { body: { v: "' OR&lt;script&gt;&lt;/script&gt; '1'='1" } }, 'body.v', 'sql'],
+      ['a NoSQL operator in a JSON string', { nosql: 'reject' }, { body: { filter: `{"$${TAG}ne": null}` } }, 'body.filter', 'nosql'],
+      ['a path traversal', { pathTraversal: 'reject' }, { body: { file: `..${TAG}/..${TAG}/etc/passwd` } }, 'body.file', 'pathTraversal'],
+      ['a command after a separator', { commandInjection: 'reject' }, { body: { host: `127.0.0.1;${TAG}cat /etc/passwd` } }, 'body.host', 'commandInjection'],
+      ['a command name split by a tag', { commandInjection: 'reject' }, { body: { host: `127.0.0.1; who${TAG}ami` } }, 'body.host', 'commandInjection'],
+      ['a script tag (from a path-traversal strip)', { xss: 'reject', pathTraversal: 'strip' }, { body: { v: '<scr../ipt src=//evil.example/x.js>' } }, 'body.v', 'xss'],
+      ['a script tag (from a NUL strip)', { xss: 'reject', pathTraversal: 'strip' }, { body: { v: '<scr\u0000ipt>alert(1)</scr\u0000ipt>' } }, 'body.v', 'xss'],
+      ['an SQL tautology (from a command-injection cut)', { sql: 'reject', commandInjection: 'strip' }, { body: { v: "x' OR 1=1 --;cat /etc/passwd" } }, 'body.v', 'sql'],
+    ];
+
+    it.each(rebuilt)('rejects %s that a strip would rebuild, naming the field', async (_what, options, req, field, category) => {
+      const { app } = appWith(options);
+      const res = req.query !== undefined ? await request(app).get(`/echo?${req.query}`) : await request(app).post('/echo').send(req.body as object);
+      expect(res.status).toBe(400);
+      expect(res.body.error).toMatchObject({ code: 'INPUT_REJECTED', details: { field, category } });
+    });
+
+    it.each([
+      ['xss then sql', { xss: 'strip', sql: 'strip' }, `alice' OR${TAG} '1'='1`, 'alice'],
+      ['xss then pathTraversal', { xss: 'strip', pathTraversal: 'strip' }, `docs/..${TAG}/..${TAG}/etc/passwd`, 'docs'],
+      ['xss then commandInjection', { xss: 'strip', commandInjection: 'strip' }, `report.pdf;${TAG}cat /etc/passwd`, 'report.pdf'],
+      ['xss then nosql', { xss: 'strip', nosql: 'strip' }, `name: {"$${TAG}ne": null}`, 'name: {'],
+      ['pathTraversal then xss', { xss: 'strip', pathTraversal: 'strip' }, 'Hello <scr../ipt>alert(1)</scr../ipt> world', 'Hello  world'],
+      ['encoded, decoded by the first strip', { xss: 'strip', sql: 'strip' }, "bob' OR%3Cb%3E%3Cscript%3E%3C/script%3E '1'='1", 'bob'],
+    ])('strip mode: %s leaves a value no category fires on', async (_what, options, attack, expected) => {
+      const { app } = appWith({ ...ALL_OFF, ...(options as SanitizeOptions) });
+      const res = await request(app).post('/echo').send({ v: attack, name: "O'Brien" }).expect(200);
+      expect(res.body.body).toEqual({ v: expected, name: "O'Brien" });
+    });
+
+    it('reports a payload a strip rebuilt, in a category set to report, once per field', async () => {
+      const { app, lines } = appWith({});
+      const res = await request(app).post('/echo').send({ q: `alice' OR${TAG} '1'='1` }).expect(200);
+      // sql is 'report' by default: the handler gets the stripped value, and the log says what it carries.
+      expect(res.body.body).toEqual({ q: "alice' OR '1'='1" });
+      expect(lines.filter((l) => /^Suspicious/.test(l.message)).map((l) => [l.field, l.category, l.action])).toEqual([
+        ['body.q', 'xss', 'strip'],
+        ['body.q', 'sql', 'report'],
+      ]);
+    });
+
+    it.each([
+      ['%24ne', 'percent-encoded'],
+      ['&#36;where', 'an HTML reference'],
+      ['profile%2Erole', 'a percent-encoded dot'],
+    ])('treats the key %s (%s) as the operator it decodes to', async (key) => {
+      const strip = appWith({});
+      const stripped = await request(strip.app).post('/echo').send({ [key]: 'x', ok: 1 }).expect(200);
+      expect(stripped.body.body).toEqual({ ok: 1 });
+      const reject = appWith({ nosql: 'reject' });
+      const res = await request(reject.app).post('/echo').send({ user: { [key]: 'x' } }).expect(400);
+      expect(res.body.error.details.category).toBe('nosql');
+    });
+
+    it('never passes on a key a strip would turn into an operator: the key goes with its value', async () => {
+      const { app } = appWith({ nosql: 'report' });
+      const res = await request(app).post('/echo').send({ [`$${TAG}ne`]: 1, [`${TAG}$gt`]: 2, ok: 3 }).expect(200);
+      expect(res.body.body).toEqual({ ok: 3 });
+    });
+
+    it('drops a value that is still an attack when the rounds run out, instead of judging it on and on', async () => {
+      const { app } = appWith({ ...ALL_OFF, pathTraversal: 'strip' });
+      // Each strip removes one ../ from the middle and joins the dots and slashes around it into the next one.
+      const nested = `${'.'.repeat(40)}${'/'.repeat(20)}`;
+      const res = await request(app).post('/echo').send({ v: nested, ok: 'fine' }).expect(200);
+      expect(res.body.body).toEqual({ v: '', ok: 'fine' });
+    });
+  });
+
   describe('in createStack', () => {
     it('is on by default, between credits and auditLog in the order', () => {
       const stack = createStack({ logger: recordingLogger().logger, rateLimit: false });

@@ -7,8 +7,9 @@ import { defineOwn } from '../lib/request-slots';
 import { loggerOf, perRuntime } from '../lib/runtime';
 import { compileAllow } from '../lib/sanitize/allow';
 import { DETECTORS, detectAttacks } from '../lib/sanitize';
+import { triggerPattern, type Trigger } from '../lib/sanitize/trigger';
 import type { Action, Category } from '../lib/sanitize/types';
-import { Walk, type CategoryCheck, type Finding, type WalkConfig } from '../lib/sanitize/walker';
+import { Walk, type CategoryCheck, type Tally, type WalkConfig } from '../lib/sanitize/walker';
 import type { PerimeterHandler } from '../types/express-augment';
 
 export { detectAttacks };
@@ -64,26 +65,28 @@ const MAX_LOGGED = 10;
  * Cleans `req.query`, `req.body` and `req.params` of XSS, SQL, NoSQL, path-traversal and
  * command-injection payloads: per category 'strip' (remove the dangerous part), 'reject'
  * (400 INPUT_REJECTED naming the field and category, never the value) or 'report' (a warn
- * log line and `sanitize_detections_total{category,action}`, input unchanged). Keys
- * `__proto__`, `constructor` and `prototype` are always dropped. On Express 5, `req.query`
- * becomes an own property holding the cleaned query.
+ * log line and `sanitize_detections_total{category,action}`, input unchanged). What a strip
+ * leaves is judged again in every category until nothing strips, so no strip rebuilds a payload
+ * another category refuses. Keys `__proto__`, `constructor` and `prototype` are always dropped.
+ * On Express 5, `req.query` becomes an own property holding the cleaned query.
  */
 export function sanitize(options?: SanitizeOptions): PerimeterHandler;
 export function sanitize(options: SanitizeOptions = {}): RequestHandler {
   checkOptions('sanitize', options, KNOWN);
   const checks: CategoryCheck[] = [];
-  const triggers: string[] = [];
+  const triggers: Trigger[] = [];
   for (const category of CATEGORIES) {
     const action = actionOf(category, options[category] ?? DEFAULTS[category]);
     if (action === false) continue;
     checks.push({ detector: DETECTORS[category], action });
-    triggers.push(DETECTORS[category].trigger.source);
+    triggers.push(DETECTORS[category].triggerSpec);
   }
   const cfg: WalkConfig = {
     checks,
-    trigger: triggers.length === 0 ? undefined : new RegExp(triggers.join('|'), 'i'),
+    trigger: triggers.length === 0 ? undefined : triggerPattern(...triggers),
     operatorKeys: actionOf('nosql', options.nosql ?? DEFAULTS.nosql),
     allow: compileAllow(options.allow, 'sanitize.allow'),
+    detailed: MAX_LOGGED,
     maxDepth: limit('sanitize.maxDepth', options.maxDepth ?? DEFAULTS.maxDepth, 1000),
     maxKeys: limit('sanitize.maxKeys', options.maxKeys ?? DEFAULTS.maxKeys, 10_000_000),
   };
@@ -118,27 +121,29 @@ export function sanitize(options: SanitizeOptions = {}): RequestHandler {
         if (cleaned !== params) req.params = cleaned as typeof params;
       }
     } catch (err) {
-      if (walk.findings !== undefined) report(req, walk.findings, detections(req));
+      if (walk.tally !== undefined) report(req, walk, detections(req));
       return next(err);
     }
-    if (walk.findings !== undefined) report(req, walk.findings, detections(req));
+    if (walk.tally !== undefined) report(req, walk, detections(req));
     next();
   };
 }
 
-function report(req: Request, findings: Finding[], detections: Counter<'category' | 'action'>): void {
+function report(req: Request, walk: Walk, detections: Counter<'category' | 'action'>): void {
+  let unlogged = 0;
+  for (const { category, action, count } of (walk.tally as Map<string, Tally>).values()) {
+    detections.inc({ category, action }, count);
+    if (action !== 'reject') unlogged += count;
+  }
   const log = loggerOf(req);
-  let logged = 0;
-  for (const f of findings) {
-    detections.inc({ category: f.category, action: f.action });
+  for (const f of walk.findings ?? []) {
     // A reject is logged by the error path with the request; strip and report are logged here.
-    if (f.action === 'reject' || logged >= MAX_LOGGED) continue;
-    logged++;
+    if (f.action === 'reject') continue;
+    unlogged--;
     const fields = { field: f.field, category: f.category, action: f.action };
     if (f.action === 'report') log.warn('Suspicious input reported', fields);
     else log.info('Suspicious input stripped', fields);
   }
-  const unlogged = findings.filter((f) => f.action !== 'reject').length - logged;
   if (unlogged > 0) log.warn('More suspicious input not logged', { count: unlogged });
 }
 

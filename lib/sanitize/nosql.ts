@@ -13,7 +13,12 @@ const rules: Rule[] = [
     cut: 'rest',
   },
   // Sandbox escapes and mongo shell calls: this.constructor.constructor('return process')(), db.users.drop().
-  { re: /\b\w+\s*\.\s*constructor\s*\.\s*constructor\s*\(|\bdb\s*\.\s*\w+\s*\.\s*(?:find|insert|drop|remove|update|delete\w*)\s*\(/i, cut: 'rest' },
+  // Detection needs only the word's last character before the dot: no backtracking through words.
+  {
+    re: /\b\w+\s*\.\s*constructor\s*\.\s*constructor\s*\(|\bdb\s*\.\s*\w+\s*\.\s*(?:find|insert|drop|remove|update|delete\w*)\s*\(/i,
+    test: /\w\s*\.\s*constructor\s*\.\s*constructor\s*\(|\bdb\s*\.\s*\w+\s*\.\s*(?:find|insert|drop|remove|update|delete\w*)\s*\(/i,
+    cut: 'rest',
+  },
 ];
 
 /**
@@ -22,7 +27,7 @@ const rules: Rule[] = [
  * and sandbox escapes. Object keys are checked by {@link isOperatorKey}. Strip cuts the value
  * where the injection starts.
  */
-export const nosql = ruleDetector('nosql', /[$'"|&;.%]/, rules);
+export const nosql = ruleDetector('nosql', { chars: '$\'"|&;.%' }, rules);
 
 /**
  * Whether an object key is a MongoDB operator or path (`$ne`, `$where`, `profile.role`), or a

@@ -35,4 +35,4 @@ const rules: Rule[] = [
  * `/proc/self/environ`, `C:\Windows\win.ini`), secret dotfiles (`.htaccess`, `.env`, `.git/`)
  * and local-file URL wrappers (`file://`, `php://filter`). Strip removes those sequences, so `../../etc/passwd` becomes `etc/passwd`.
  */
-export const pathTraversal = ruleDetector('pathTraversal', /[./\\%\0&]/, rules);
+export const pathTraversal = ruleDetector('pathTraversal', { chars: './\\%\0&' }, rules);

@@ -4,6 +4,15 @@
 let lastString: string | undefined;
 let lastCounts: [number, number, number] = [0, 0, 0];
 
+/** Which quotes `s` leaves open, as bits: 1 for `'`, 2 for `"`, 4 for a backtick. */
+export function openQuotes(s: string): number {
+  if (s !== lastString) {
+    lastCounts = countQuotes(s);
+    lastString = s;
+  }
+  return (lastCounts[0] & 1) | ((lastCounts[1] & 1) << 1) | ((lastCounts[2] & 1) << 2);
+}
+
 /** Whether `s` has an odd number of `quote` characters that are not letter-quote-letter apostrophes. */
 export function hasOpenQuote(s: string, quote: string): boolean {
   if (s !== lastString) {

@@ -1,7 +1,9 @@
+import { triggerPattern, type Trigger } from './trigger';
 import type { Category, Rule, StringDetector } from './types';
 
 /** Builds a detector from rules: `detect` is any rule matching, `strip` removes what each rule names. */
-export function ruleDetector(category: Category, trigger: RegExp, rules: readonly Rule[]): StringDetector {
+export function ruleDetector(category: Category, triggerSpec: Trigger, rules: readonly Rule[]): StringDetector {
+  const trigger = triggerPattern(triggerSpec);
   // A global copy of each rule for scans over every match; plain `test` uses the original.
   const global = rules.map((r) => new RegExp(r.re.source, r.re.flags.includes('g') ? r.re.flags : `${r.re.flags}g`));
 
@@ -19,10 +21,12 @@ export function ruleDetector(category: Category, trigger: RegExp, rules: readonl
   return {
     category,
     trigger,
-    patterns: [trigger, ...rules.map((r) => r.re)],
+    triggerSpec,
+    patterns: [trigger, ...rules.flatMap((r) => (r.test === undefined ? [r.re] : [r.re, r.test]))],
     detect(s) {
       for (let i = 0; i < rules.length; i++) {
-        if (rules[i].accept === undefined ? rules[i].re.test(s) : firstAccepted(i, s) !== null) return true;
+        const rule = rules[i];
+        if (rule.accept === undefined ? (rule.test ?? rule.re).test(s) : firstAccepted(i, s) !== null) return true;
       }
       return false;
     },

@@ -1,6 +1,6 @@
-import { hasOpenQuote } from './quotes';
+import { hasOpenQuote, openQuotes } from './quotes';
 import { ruleDetector } from './rules';
-import type { Rule } from './types';
+import type { Rule, StringDetector } from './types';
 
 // Whitespace or an inline comment (`UNION/**/SELECT`); the alternatives start with different
 // characters, so repeating them stays linear.
@@ -9,28 +9,25 @@ const WP = '(?:[\\s(]|/\\*[^*]{0,64}\\*/)';
 const WC = '(?:[\\s)]|/\\*[^*]{0,64}\\*/)';
 const Q = `['"\`]`;
 
+// After a quote closed early: a boolean that makes the WHERE clause true (' OR '1'='1,
+// ') or ('a'='a, ' or true--).
+const TAUTOLOGY =
+  `(?:or|and|xor|\\|\\||&&)(?:${WP}+|(?=['"\\d]))(?:not\\b${WP}*)?` +
+  `(?:[\\w.@$(),'"\`-]{0,40}\\s*(?:=|<=>|<>|!=|>=|<=|<|>|\\blike\\b|\\bregexp\\b|\\brlike\\b|\\bis\\s+(?:not\\s+)?null\\b|\\bin\\s*\\(|\\bbetween\\b)` +
+  `|(?:true|false)\\b|\\d+${WC}*(?:--|#|/\\*|;)|exists${WP}*\\(|''|"")`;
+// After a quote left open: the rest commented out (admin'--, admin')#, x'/*).
+const COMMENT = '(?:--|#|/\\*)';
+// After a quote left open: a clause appended (' ORDER BY 3--, ' HAVING 1=1, ' GROUP BY x, ' UNION …).
+const CLAUSE = `(?:union\\b|order${W}+by${W}+\\d|group${W}+by\\b|having${W}+\\d|limit${W}+\\d|procedure${W}+analyse|into${W}+(?:out|dump)file|waitfor\\b)`;
+
 const openQuote = (m: RegExpExecArray, s: string): boolean => hasOpenQuote(s, m[0][0]);
 
+const QUOTE_RULES = 3;
 const rules: Rule[] = [
-  // A quote closed early, then a boolean that makes the WHERE clause true: ' OR '1'='1, ') or ('a'='a, ' or true--.
-  {
-    re: new RegExp(
-      `${Q}${WC}*(?:or|and|xor|\\|\\||&&)(?:${WP}+|(?=['"\\d]))(?:not\\b${WP}*)?` +
-        `(?:[\\w.@$(),'"\`-]{0,40}\\s*(?:=|<=>|<>|!=|>=|<=|<|>|\\blike\\b|\\bregexp\\b|\\brlike\\b|\\bis\\s+(?:not\\s+)?null\\b|\\bin\\s*\\(|\\bbetween\\b)` +
-        `|(?:true|false)\\b|\\d+${WC}*(?:--|#|/\\*|;)|exists${WP}*\\(|''|"")`,
-      'i',
-    ),
-    cut: 'rest',
-  },
-  // A quote left open and the rest commented out: admin'--, admin')#, x'/*. Balanced quotes
-  // ("she said 'no' -- then") are prose.
-  { re: new RegExp(`${Q}${WC}*(?:--|#|/\\*)`, 'i'), cut: 'rest', accept: openQuote },
-  // A quote left open and a clause appended: ' ORDER BY 3--, ' HAVING 1=1, ' GROUP BY x, ' UNION …
-  {
-    re: new RegExp(`${Q}${WC}*(?:union\\b|order${W}+by${W}+\\d|group${W}+by\\b|having${W}+\\d|limit${W}+\\d|procedure${W}+analyse|into${W}+(?:out|dump)file|waitfor\\b)`, 'i'),
-    cut: 'rest',
-    accept: openQuote,
-  },
+  { re: new RegExp(`${Q}${WC}*${TAUTOLOGY}`, 'i'), cut: 'rest' },
+  // Balanced quotes ("she said 'no' -- then") are prose.
+  { re: new RegExp(`${Q}${WC}*${COMMENT}`, 'i'), cut: 'rest', accept: openQuote },
+  { re: new RegExp(`${Q}${WC}*${CLAUSE}`, 'i'), cut: 'rest', accept: openQuote },
   // Stacked statements: ; DROP TABLE users, ; EXEC xp_cmdshell, ; SELECT * FROM …
   {
     re: new RegExp(
@@ -69,6 +66,22 @@ const rules: Rule[] = [
   { re: new RegExp(`(?:=|\\b(?:or|and))${W}*\\(${W}*select${W}+(?:\\*|@@|null\\b|\\d|(?:pg_)?sleep|count\\s*\\(|char\\s*\\(|(?:group_)?concat|version|user|database|\\w+${W}+from\\b)`, 'i'), cut: 'rest' },
 ];
 
+const QUOTES = ["'", '"', '`'];
+// The three quote rules above as one pattern per set of open quotes (bit i: QUOTES[i] is open):
+// after an open quote any of them, after a closed one only the tautology. One attempt per quote
+// instead of three, which is what a value made of quotes costs.
+const QUOTE_PATTERNS = Array.from({ length: 8 }, (_, mask) => {
+  const open = QUOTES.filter((_q, i) => (mask & (1 << i)) !== 0).join('');
+  const closed = QUOTES.filter((_q, i) => (mask & (1 << i)) === 0).join('');
+  const alternatives: string[] = [];
+  if (open !== '') alternatives.push(`[${open}]${WC}*(?:${TAUTOLOGY}|${COMMENT}|${CLAUSE})`);
+  if (closed !== '') alternatives.push(`[${closed}]${WC}*${TAUTOLOGY}`);
+  return new RegExp(alternatives.join('|'), 'i');
+});
+
+const byRules = ruleDetector('sql', { chars: '\'"`;=()#-/*@%&|', words: ['union'] }, rules);
+const otherRules = rules.slice(QUOTE_RULES).map((r) => r.re);
+
 /**
  * SQL injection structure, never bare keywords ("Please select a drop-down option" is prose): a
  * quote followed by a boolean tautology, an open quote followed by a comment or clause,
@@ -76,4 +89,14 @@ const rules: Rule[] = [
  * (`SLEEP(5)`, `BENCHMARK(`, `WAITFOR DELAY`), quote-less tautologies (`1 OR 1=1`) and subquery
  * comparisons. Strip cuts the value where the injection starts.
  */
-export const sql = ruleDetector('sql', /['"`;=()#\-/*@%&|]|union/i, rules);
+export const sql: StringDetector = {
+  ...byRules,
+  patterns: [...byRules.patterns, ...QUOTE_PATTERNS],
+  detect(s) {
+    // With every quote taken as open the pattern matches a superset: only then count quotes.
+    const anyOpen = QUOTE_PATTERNS[QUOTE_PATTERNS.length - 1];
+    if (anyOpen.test(s) && QUOTE_PATTERNS[openQuotes(s)].test(s)) return true;
+    for (const re of otherRules) if (re.test(s)) return true;
+    return false;
+  },
+};

@@ -1,3 +1,5 @@
+import type { Trigger } from './trigger';
+
 /** A category of attack that `sanitize` looks for. */
 export type Category = 'xss' | 'sql' | 'nosql' | 'pathTraversal' | 'commandInjection';
 
@@ -9,6 +11,8 @@ export interface StringDetector {
   readonly category: Category;
   /** Characters (or words) without which no rule of the category can match: the cheap first test. */
   readonly trigger: RegExp;
+  /** The same, as characters and words, for a union with other categories' ({@link triggerPattern}). */
+  readonly triggerSpec: Trigger;
   /** Whether `s` carries an attack of this category (on the text as given; the caller also tries it decoded). */
   detect(s: string): boolean;
   /** `s` with the offending token sequences removed; called only on a string `detect` accepted. */
@@ -25,4 +29,6 @@ export interface Rule {
   cut: 'span' | 'rest';
   /** Extra test of a match, for what a regex cannot say cheaply (a word list, quote balance). */
   accept?: (match: RegExpExecArray, s: string) => boolean;
+  /** A cheaper pattern for detection, matching some part of a string exactly when `re` does; `re` still says where strip cuts. Not with `accept`. */
+  test?: RegExp;
 }

@@ -19,8 +19,17 @@ export interface WalkConfig {
   /** What to do with `$`-operator and dotted keys (the nosql mode), or false. */
   operatorKeys: Action | false;
   allow: AllowList;
+  /** Detections (other than rejects) whose field is kept for the log; the rest are only counted. */
+  detailed: number;
   maxDepth: number;
   maxKeys: number;
+}
+
+/** How many detections of a category had an action. */
+export interface Tally {
+  category: Finding['category'];
+  action: Action;
+  count: number;
 }
 
 /** A detection: where, which category, and what was done. `field` never carries the value. */
@@ -38,8 +47,16 @@ export class Walk {
   /** Keys and array items seen so far, over every source of the request. */
   private keys = 0;
   private readonly path: Array<string | number> = [];
-  /** Detections in order; undefined while there are none (the common case allocates nothing). */
+  /**
+   * Detections in order, with their field: the first `cfg.detailed` that are not rejects, and a
+   * reject. Undefined while there are none (the common case allocates nothing).
+   */
   findings: Finding[] | undefined;
+  /** Every detection, counted by category and action (a field is rendered only for `findings`). */
+  tally: Map<string, Tally> | undefined;
+  private detailed = 0;
+  /** What judging values again after strips may still cost in this request. */
+  private readonly allowance = new RejudgeAllowance();
 
   constructor(private readonly cfg: WalkConfig) {}
 
@@ -112,49 +129,57 @@ export class Walk {
   private keyAllowed(key: string): boolean {
     let keep = true;
     const operator = this.cfg.operatorKeys;
-    if (operator !== false && isOperatorKey(key)) {
+    if (operator !== false && (isOperatorKey(key) || (mayBeEncoded(key) && isOperatorKey(decodeOnce(key))))) {
       if (operator === 'reject') throw this.reject('nosql');
       this.record('nosql', operator);
       if (operator === 'strip') keep = false;
     }
     const trigger = this.cfg.trigger;
     if (trigger === undefined || !trigger.test(key)) return keep;
-    for (const check of this.cfg.checks) {
-      if (!check.detector.trigger.test(key) || !detects(check.detector, key)) continue;
-      if (check.action === 'reject') throw this.reject(check.detector.category);
-      this.record(check.detector.category, check.action);
-      // A key cannot be half-stripped; a key that carries an attack goes with its value.
-      if (check.action === 'strip') keep = false;
+    // A key cannot be half-stripped: one that carries an attack goes with its value, so what
+    // reaches the handler is the key as sent, which every category has passed.
+    const verdict = judge(this.cfg.checks, key);
+    for (const hit of verdict.hits) {
+      if (hit.action === 'reject') throw this.reject(hit.detector.category);
+      this.record(hit.detector.category, hit.action);
+      if (hit.action === 'strip') keep = false;
     }
     return keep;
   }
 
+  /**
+   * `s` cleaned to a fixed point: judged in every category, stripped, and the result judged again
+   * in every category (a strip of one category can rebuild another's payload, and stripping an
+   * encoded attack decodes the value), until no stripping category fires. A category in 'reject'
+   * that fires at any round rejects; each category is recorded once per field.
+   */
   private string(s: string): string {
     const trigger = this.cfg.trigger;
     if (trigger === undefined || s.length === 0 || !trigger.test(s)) return s;
-    let decoded: string | undefined;
-    let strips: StringDetector[] | undefined;
-    for (const check of this.cfg.checks) {
-      const d = check.detector;
-      if (!d.trigger.test(s)) continue;
-      let hit = d.detect(s);
-      if (!hit && mayBeEncoded(s)) {
-        decoded ??= decodeOnce(s);
-        hit = decoded !== s && d.detect(decoded);
-      }
-      if (!hit) continue;
-      // Every category is judged on the input as sent, so a reject wins over another's strip.
-      if (check.action === 'reject') throw this.reject(d.category);
-      this.record(d.category, check.action);
-      if (check.action === 'strip') (strips ??= []).push(d);
-    }
-    if (strips === undefined) return s;
-    let out = s;
-    for (const d of strips) out = stripFully(d, out);
-    return out;
+    const settled = settle(
+      this.cfg.checks,
+      s,
+      (hit) => {
+        if (hit.action === 'reject') throw this.reject(hit.detector.category);
+        this.record(hit.detector.category, hit.action);
+      },
+      this.allowance,
+    );
+    return settled.value;
   }
 
   private record(category: Finding['category'], action: Action): void {
+    const key = `${category}/${action}`;
+    const tally = (this.tally ??= new Map());
+    const counted = tally.get(key);
+    if (counted === undefined) tally.set(key, { category, action, count: 1 });
+    else counted.count++;
+    // A hostile request can carry a thousand bad keys: only the detections that will be logged
+    // (and a reject, which names its field) get their field rendered.
+    if (action !== 'reject') {
+      if (this.detailed >= this.cfg.detailed) return;
+      this.detailed++;
+    }
     (this.findings ??= []).push({ field: renderPath(this.path), category, action });
   }
 
@@ -165,27 +190,116 @@ export class Walk {
   }
 }
 
-function detects(d: StringDetector, s: string): boolean {
-  if (d.detect(s)) return true;
-  if (!mayBeEncoded(s)) return false;
-  const decoded = decodeOnce(s);
-  return decoded !== s && d.detect(decoded);
+/** A category that fired on a value, and whether only its decoded form carried the attack. */
+export interface Hit {
+  detector: StringDetector;
+  action: Action;
+  decoded: boolean;
+}
+
+/** The categories of `checks` that fire on `s`, as sent or decoded once, in order. */
+export function judge(checks: readonly CategoryCheck[], s: string): { hits: Hit[]; decoded: string | undefined } {
+  const hits: Hit[] = [];
+  // Decoded once, and only when a category did not fire on the value as sent.
+  let decoded: string | undefined;
+  for (const check of checks) {
+    const d = check.detector;
+    if (!d.trigger.test(s)) continue;
+    if (d.detect(s)) {
+      hits.push({ detector: d, action: check.action, decoded: false });
+      continue;
+    }
+    decoded ??= mayBeEncoded(s) ? decodeOnce(s) : s;
+    if (decoded !== s && d.trigger.test(decoded) && d.detect(decoded)) hits.push({ detector: d, action: check.action, decoded: true });
+  }
+  return { hits, decoded: decoded === s ? undefined : decoded };
 }
 
 /**
- * `s` stripped until the detector no longer fires, as sent or decoded once: an encoded attack is
- * stripped from its decoded form (so that value comes back decoded). Undefined when three more
- * passes do not get there.
+ * Most judgments of one value. One strip removes every match of every firing category at once;
+ * another round is needed only when a removal joins the pieces around it into a new match, or
+ * uncovers a further layer of encoding. Each of those is a deliberate construction that
+ * legitimate text never needs (it is never stripped at all), so a value still firing when the
+ * rounds run out is dropped whole rather than judged again.
  */
-export function stripUntilClean(d: StringDetector, s: string): string | undefined {
-  let out = d.strip(s);
-  for (let pass = 0; pass < 3 && detects(d, out); pass++) out = d.strip(decodeOnce(out));
-  return detects(d, out) ? undefined : out;
+export const MAX_ROUNDS = 4;
+
+/**
+ * What a request may spend on judging values again after a strip, in characters: a floor, plus
+ * a share of every character judged the first time. The first judgment of each value is one
+ * linear pass of every category; the second and later ones draw on this allowance, so a request
+ * costs at most (1 + RATIO) passes over its input plus the floor, however its values nest and
+ * however many of them need stripping. Strips only remove and decoding only shortens, so each
+ * later judgment reads no more than the one before. A value whose next judgment the allowance
+ * cannot pay for is dropped whole: a legitimate value is never stripped, so only values that
+ * carry an attack are ever dropped this way, and a form field of ordinary size always fits.
+ */
+export class RejudgeAllowance {
+  static readonly FLOOR = 64 * 1024;
+  static readonly RATIO = 0.25;
+  private chars: number;
+
+  constructor(floor = RejudgeAllowance.FLOOR) {
+    this.chars = floor;
+  }
+
+  /** A value of `length` characters was judged for the first time. */
+  earn(length: number): void {
+    this.chars += RejudgeAllowance.RATIO * length;
+  }
+
+  /** Takes `length` characters for another judgment; false (and nothing taken) when they are not there. */
+  spend(length: number): boolean {
+    if (length > this.chars) return false;
+    this.chars -= length;
+    return true;
+  }
 }
 
-// What strip cannot clean is dropped whole: never pass on a value the detector still fires on.
-function stripFully(d: StringDetector, s: string): string {
-  return stripUntilClean(d, s) ?? '';
+/** The outcome of {@link settle}: the value to pass on, and whether it had to be dropped. */
+export interface Settled {
+  value: string;
+  /** True when the value still fired when the rounds or the allowance ran out, so `value` is ''. */
+  dropped: boolean;
+  /** Judgments it took (1 when nothing was stripped). */
+  rounds: number;
+}
+
+/**
+ * `s` judged in every category of `checks`, stripped by the categories in 'strip' that fire,
+ * and judged again until none of them fires: what comes back passes every category's check
+ * (a 'report' category may still fire; `onHit` hears it). `onHit` is called once per category,
+ * the first time it fires, and may throw (a 'reject'). An attack found only in the decoded form
+ * is stripped from the decoded text, so that value comes back decoded. Judgments after the first
+ * are paid from `allowance`.
+ */
+export function settle(checks: readonly CategoryCheck[], s: string, onHit: (hit: Hit) => void, allowance = new RejudgeAllowance()): Settled {
+  let value = s;
+  allowance.earn(s.length);
+  const heard = new Set<StringDetector>();
+  for (let round = 1; ; round++) {
+    const { hits, decoded } = judge(checks, value);
+    let strips: StringDetector[] | undefined;
+    let fromDecoded = false;
+    for (const hit of hits) {
+      if (!heard.has(hit.detector)) {
+        heard.add(hit.detector);
+        onHit(hit);
+      }
+      if (hit.action === 'strip') {
+        (strips ??= []).push(hit.detector);
+        fromDecoded ||= hit.decoded;
+      }
+    }
+    if (strips === undefined) return { value, dropped: false, rounds: round };
+    // Never pass on a value a stripping category still fires on: past the bounds, drop it.
+    if (round === MAX_ROUNDS) return { value: '', dropped: true, rounds: round };
+    let out = fromDecoded ? (decoded as string) : value;
+    for (const d of strips) out = d.strip(out);
+    if (out.length === 0) return { value: out, dropped: false, rounds: round };
+    if (!allowance.spend(out.length)) return { value: '', dropped: true, rounds: round };
+    value = out;
+  }
 }
 
 function copyKeys(obj: Record<string, unknown>, keys: string[], end: number): Record<string, unknown> {

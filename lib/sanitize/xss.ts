@@ -1,4 +1,7 @@
+import { triggerPattern, type Trigger } from './trigger';
 import type { StringDetector } from './types';
+
+const XSS_TRIGGER: Trigger = { chars: '<>"\'`:%&+{\\' };
 
 // Elements that run code or change how the page loads, on their own or through one attribute.
 // Harmless markup (`<b>`, `<a href="https://…">`, `John <john@example.com>`) is not an attack.
@@ -38,9 +41,9 @@ const EVENT_NAMES = new Set(
 const G = '[\\t\\n\\r\\0]*';
 const SCHEME = `(?:(?:j${G}a${G}v${G}a${G}|v${G}b${G}|l${G}i${G}v${G}e${G})s${G}c${G}r${G}i${G}p${G}t|m${G}o${G}c${G}h${G}a)${G}:`;
 const SCRIPT_URL = new RegExp(`(?:^|[^a-z0-9_])${SCHEME}(?=[\\s\\0]*(?:[\\w$.\\[\\]'"]{1,64}\\s*[(\`=]|[/'"(\\[{!~+\\-\`;%&]|$))`, 'i');
-const SCRIPT_SCHEME = new RegExp(`(?:^|(?<=[^a-z0-9_]))${SCHEME}`, 'gi');
+const SCRIPT_SCHEME = new RegExp(`\\b${SCHEME}`, 'gi');
 const DATA_URL = /(?:^|[^a-z0-9_])data\s*:\s*(?:text\/html|text\/xml|image\/svg\+xml|application\/xhtml|application\/(?:x-)?javascript|text\/javascript)/i;
-const DATA_SCHEME = /(?:^|(?<=[^a-z0-9_]))data\s*:(?=\s*(?:text\/html|text\/xml|image\/svg\+xml|application\/xhtml|application\/(?:x-)?javascript|text\/javascript))/gi;
+const DATA_SCHEME = /\bdata\s*:(?=\s*(?:text\/html|text\/xml|image\/svg\+xml|application\/xhtml|application\/(?:x-)?javascript|text\/javascript))/gi;
 
 // Old-IE and Firefox CSS that runs script, Netscape `&{…}` script entities, and a CSS comment
 // inside an inline style (`expr/**/ession(`), which only evasion needs.
@@ -61,8 +64,10 @@ const UTF7 = /\+AD[w4]-/;
 const UTF7_G = /\+AD[w4]-/g;
 
 const ANY_TAG = /<[a-z!/?][^<>]*>?/gi;
-const OUTSIDE_EVENT_G = /(?:^|(?<=[\s/"'`;]))on[a-z]{3,40}\s*=\s*(?:"[^"]*"?|'[^']*'?|`[^`]*`?|[^\s>]*)/gi;
-const RAW_TEXT_OPEN = /<(script|style)(?![\w-])/i;
+const OUTSIDE_EVENT_G = /on(?<![^\s/"'`;]on)[a-z]{3,40}\s*=\s*(?:"[^"]*"?|'[^']*'?|`[^`]*`?|[^\s>]*)/gi;
+const RAW_TEXT_OPEN = /<(script|style)(?![\w-])/gi;
+const SCRIPT_CLOSE = /<\/script/gi;
+const STYLE_CLOSE = /<\/style/gi;
 
 function hasBareEvent(s: string): boolean {
   BARE_EVENT.lastIndex = 0;
@@ -72,18 +77,26 @@ function hasBareEvent(s: string): boolean {
   return false;
 }
 
-/** Removes `<script>…</script>` and `<style>…</style>` with their content: it is code, not text. */
+/**
+ * Removes `<script>…</script>` and `<style>…</style>` with their content: it is code, not text.
+ * One pass: each element's close is searched from its open, and the search for the next open
+ * starts after that close. An element without its close takes the rest of the value with it.
+ */
 function dropRawText(s: string): string {
-  let out = s;
-  for (let guard = 0; guard < 64; guard++) {
-    const open = RAW_TEXT_OPEN.exec(out);
-    if (open === null) return out;
-    const close = out.toLowerCase().indexOf(`</${open[1].toLowerCase()}`, open.index + open[0].length);
-    if (close === -1) return out.slice(0, open.index);
-    const end = out.indexOf('>', close);
-    out = out.slice(0, open.index) + (end === -1 ? '' : out.slice(end + 1));
+  let out = '';
+  let copied = 0;
+  RAW_TEXT_OPEN.lastIndex = 0;
+  for (let open = RAW_TEXT_OPEN.exec(s); open !== null; open = RAW_TEXT_OPEN.exec(s)) {
+    out += s.slice(copied, open.index);
+    const close = open[1].length === 6 ? SCRIPT_CLOSE : STYLE_CLOSE;
+    close.lastIndex = open.index + open[0].length;
+    const closed = close.exec(s);
+    const end = closed === null ? -1 : s.indexOf('>', closed.index);
+    if (end === -1) return out;
+    copied = end + 1;
+    RAW_TEXT_OPEN.lastIndex = copied;
   }
-  return out;
+  return copied === 0 ? s : out + s.slice(copied);
 }
 
 /**
@@ -95,8 +108,9 @@ function dropRawText(s: string): string {
  */
 export const xss: StringDetector = {
   category: 'xss',
-  trigger: /[<>"'`:%&+{\\]/,
-  patterns: [DANGEROUS_TAG, TAG_EVENT, BARE_EVENT, SCRIPT_URL, SCRIPT_SCHEME, DATA_URL, DATA_SCHEME, CSS_SCRIPT, CSS_SCRIPT_G, JS_BREAKOUT, TEMPLATE, UTF7, ANY_TAG, OUTSIDE_EVENT_G, RAW_TEXT_OPEN],
+  trigger: triggerPattern(XSS_TRIGGER),
+  triggerSpec: XSS_TRIGGER,
+  patterns: [DANGEROUS_TAG, TAG_EVENT, BARE_EVENT, SCRIPT_URL, SCRIPT_SCHEME, DATA_URL, DATA_SCHEME, CSS_SCRIPT, CSS_SCRIPT_G, JS_BREAKOUT, TEMPLATE, UTF7, ANY_TAG, OUTSIDE_EVENT_G, RAW_TEXT_OPEN, SCRIPT_CLOSE, STYLE_CLOSE],
   detect(s) {
     return (
       DANGEROUS_TAG.test(s) ||
