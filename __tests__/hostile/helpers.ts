@@ -212,7 +212,10 @@ export async function startTarget(kind: 'memory' | 'redis', redis?: string, over
         before: 'cache',
         name: 'fuzzView',
         handler: (req, _res, next) => {
-          if (req.path.toLowerCase().replace(/\/+$/, '') === '/echo') views.set(req.id, viewOf(req));
+          // Keyed by the client's sequence number: request ids repeat (clients choose them, and a
+          // valid traceparent gives every request carrying it the same id).
+          const seq = req.headers[SEQ_HEADER];
+          if (req.path.toLowerCase().replace(/\/+$/, '') === '/echo') views.set(typeof seq === 'string' ? seq : req.id, viewOf(req));
           next();
         },
       },
@@ -335,7 +338,13 @@ export interface Outcome {
   body: string;
   /** The transport failed (reset, no answer in time): no status. */
   error?: string;
+  /** The sequence number {@link send} gave the request (header {@link SEQ_HEADER}). */
+  seq?: string;
 }
+
+/** A number per request sent by {@link send}, so what the handler saw can be matched to its answer. */
+export const SEQ_HEADER = 'x-fuzz-seq';
+let sequence = 0;
 
 const ANSWER_DEADLINE_MS = 15_000;
 
@@ -346,6 +355,8 @@ export function send(target: Target, fr: FuzzRequest): Promise<Outcome> {
   for (const [name, value] of fr.headers) flat.push(name, value);
   const names = new Set(fr.headers.map(([n]) => n.toLowerCase()));
   if (!names.has('host')) flat.push('Host', `127.0.0.1:${target.port}`);
+  const seq = String(++sequence);
+  flat.push(SEQ_HEADER, seq);
   if (body !== undefined && !names.has('content-length') && !names.has('transfer-encoding')) flat.push('Content-Length', String(body.length));
   return new Promise((resolve) => {
     let settled = false;
@@ -359,7 +370,7 @@ export function send(target: Target, fr: FuzzRequest): Promise<Outcome> {
       req = httpRequest({ host: '127.0.0.1', port: target.port, method: fr.method, path: fr.path, headers: flat as unknown as Record<string, string>, agent: target.agent }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => done({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8') }));
+        res.on('end', () => done({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString('utf8'), seq }));
         res.on('error', (err) => done({ status: res.statusCode ?? 0, headers: res.headers, body: '', error: `response: ${err.message}` }));
       });
     } catch (err) {
@@ -596,7 +607,7 @@ export function checkOutcome(target: Pick<Target, 'views' | 'secrets'>, fr: Fuzz
 
   // A cache HIT of /echo is the answer the handler gave another request: its key inputs must be ours.
   if (out.headers['x-cache'] === 'HIT' && fr.method !== 'HEAD' && typeof id === 'string') {
-    const mine = target.views.get(id);
+    const mine = target.views.get(out.seq ?? id);
     const served = (json as { view?: View } | undefined)?.view;
     if (mine !== undefined && served !== undefined && JSON.stringify(served) !== JSON.stringify(mine)) {
       add('cache-key', `served ${clip(JSON.stringify(served), 200)} to a request that is ${clip(JSON.stringify(mine), 200)}`);
