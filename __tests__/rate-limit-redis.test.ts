@@ -8,6 +8,9 @@ import type { RedisStores } from '../lib/stores';
 import { describeRedis, eventually, newApp, recordingLogger, redisUrl, uniquePrefix } from './helpers/app';
 import { hasRedisServer, OwnRedisServer } from './helpers/redis-server';
 
+// Bursts of 400 requests through four instances: roomy on a loaded machine.
+jest.setTimeout(60_000);
+
 // The slot function ioredis's Cluster client routes with: keys in one slot can share a script.
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const keySlot: (key: string) => number = require('cluster-key-slot');
