@@ -38,7 +38,7 @@ async function startServer(env: Record<string, string> = {}): Promise<Running> {
   child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   try {
-    await eventually(() => expect(lines.some((l) => l.event === 'listening')).toBe(true), 20_000);
+    await eventually(() => expect(lines.some((l) => l.event === 'listening')).toBe(true), 45_000);
   } catch (err) {
     child.kill('SIGKILL');
     throw new Error(`the fixture server did not start: ${stderr}`, { cause: err });
