@@ -256,7 +256,7 @@ describeRedis('readiness with Redis', () => {
   it('does not count requests in memory before Redis is connected: two instances admit the limit, not twice it (#13)', async () => {
     await server.stop();
     const prefix = uniquePrefix();
-    const config = { redis: server.url, keyPrefix: prefix, rateLimit: { limit: 3, window: '1m', storeTimeout: '50ms' } };
+    const config = { redis: server.url, keyPrefix: prefix, rateLimit: { limit: 3, window: '1m', storeTimeout: '5s' } };
     const a = stackApp(config, routes);
     const b = stackApp(config, routes);
     // Before the first connection the default fail mode refuses with 503 instead of counting locally.

@@ -5,6 +5,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { eventually } from './helpers/app';
 
+// Each test starts a server in a child process (TypeScript compiled on load): roomy on a loaded machine.
+jest.setTimeout(60_000);
+
 const FIXTURE = join(__dirname, 'fixtures', 'graceful-server.ts');
 const ROOT = join(__dirname, '..');
 

@@ -52,7 +52,7 @@ export function uniquePrefix(): string {
  * Waits until `check` passes or `ms` elapse. The deadline only bounds a failure: on a loaded
  * machine (several suites at once on two cores) a change that takes milliseconds can take seconds.
  */
-export async function eventually(check: () => void | Promise<void>, ms = 5000): Promise<void> {
+export async function eventually(check: () => void | Promise<void>, ms = 15_000): Promise<void> {
   const deadline = Date.now() + ms;
   for (;;) {
     try {

@@ -44,7 +44,7 @@ async function connect(port: number): Promise<RawClient> {
 }
 
 /** Resolves once `cond` holds, letting I/O run between checks; fails after `ms` (a deadline to fail by, not a timing claim). */
-async function until(cond: () => boolean, ms = 8000): Promise<void> {
+async function until(cond: () => boolean, ms = 30_000): Promise<void> {
   const deadline = Date.now() + ms;
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`condition not met within ${ms} ms: ${cond.toString()}`);
@@ -84,6 +84,9 @@ async function start(serverOptions: http.ServerOptions = {}): Promise<Harness> {
   // Never answers: the deadline or the client's going ends it.
   app.get('/hang', (req) => reach(req));
   app.post('/paid', (req) => reach(req));
+  // Held until the client goes: no deadline of its own, so a loaded machine cannot turn the
+  // disconnect this proves into a timeout.
+  app.post('/paid-until-gone', timeout({ ms: 0 }), (req) => reach(req));
   // Reads its body as it comes, without a deadline of its own (a slow upload is legitimate here).
   app.post('/upload', timeout({ ms: 0 }), (req, res) => {
     reach(req);
@@ -91,7 +94,7 @@ async function start(serverOptions: http.ServerOptions = {}): Promise<Harness> {
     req.on('data', (c: Buffer) => (bytes += c.length));
     req.on('end', () => res.json({ bytes }));
   });
-  app.get('/stream', (req, res) => {
+  app.get('/stream', timeout({ ms: 0 }), (req, res) => {
     reach(req);
     res.writeHead(200, { 'Content-Type': 'text/plain' });
     const timer = setInterval(() => res.write('x'.repeat(1024)), 5);
@@ -245,12 +248,12 @@ describe('slow and broken clients (#11)', () => {
     await credits.grant(USER, 100);
 
     const c = await connect(h.port);
-    await c.head('POST', '/paid', { 'X-API-Key': KEY, 'Content-Length': 0 });
-    await until(() => h.seen.reached.has('/paid'));
+    await c.head('POST', '/paid-until-gone', { 'X-API-Key': KEY, 'Content-Length': 0 });
+    await until(() => h.seen.reached.has('/paid-until-gone'));
     expect(await credits.balance(USER)).toBe(90);
     c.destroy();
     await until(() => h.seen.aborts.length === 1);
-    expect(h.seen.aborts).toEqual([{ path: '/paid', code: 'CLIENT_CLOSED_REQUEST' }]);
+    expect(h.seen.aborts).toEqual([{ path: '/paid-until-gone', code: 'CLIENT_CLOSED_REQUEST' }]);
     await eventually(async () => expect(await credits.balance(USER)).toBe(100));
 
     const t = await connect(h.port);
