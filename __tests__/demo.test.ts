@@ -49,4 +49,36 @@ describe('demo service', () => {
     expect(answers.slice(0, 5).map((a) => a.status)).toEqual([500, 200, 500, 200, 500]);
     expect(answers.slice(5)).toEqual(Array(7).fill({ status: 200, degraded: true }));
   });
+
+  describe('POST /api/login (demo/login.ts)', () => {
+    const login = (user: string, password = 'demo') => request(app).post('/api/login').send({ user, password });
+
+    it('issues alice a JWT the stack accepts: admin role, pro tier, the pro-only flag on', async () => {
+      const res = await login('alice').expect(200);
+      expect(res.body).toMatchObject({ token_type: 'Bearer', expires_in: 3600, user: { sub: 'alice', roles: ['admin'], plan: 'pro' } });
+      const bearer = `Bearer ${res.body.token}`;
+      const created = await request(app).post('/api/games').set('Authorization', bearer).send({ name: 'Hex', genre: 'board' }).expect(201);
+      expect(created.headers['x-ratelimit-limit']).toBe('60');
+      await request(app).delete(`/api/games/${created.body.id}`).set('Authorization', bearer).expect(204);
+      const picks = await request(app).get('/api/recommendations').set('Authorization', bearer).expect(200);
+      expect(picks.body.features).toMatchObject({ 'ml-recommendations': true });
+    });
+
+    it('issues bob a free-tier token without the admin role: 403 on delete, the flag off', async () => {
+      const bearer = `Bearer ${(await login('bob').expect(200)).body.token}`;
+      const refused = await request(app).delete('/api/games/1').set('Authorization', bearer).expect(403);
+      expect(refused.body.error.code).toBe('FORBIDDEN');
+      expect(refused.headers['x-ratelimit-limit']).toBe('10');
+      const off = await request(app).get('/api/recommendations').set('Authorization', bearer).expect(404);
+      expect(off.body.error.code).toBe('FEATURE_DISABLED');
+    });
+
+    it('refuses a wrong password with 401 and a body without credentials with 422, in the envelope', async () => {
+      const wrong = await login('alice', 'not-demo').expect(401);
+      expect(wrong.body.error).toMatchObject({ code: 'AUTHENTICATION_REQUIRED', request_id: wrong.headers['x-request-id'] });
+      expect(wrong.body.token).toBeUndefined();
+      const empty = await request(app).post('/api/login').send({}).expect(422);
+      expect(empty.body.error.code).toBe('VALIDATION_ERROR');
+    });
+  });
 });

@@ -176,11 +176,20 @@ describe('package.json', () => {
     const devOnly = files.filter(
       (file) =>
         (/\.ts$/.test(file) && !/\.d\.ts$/.test(file)) ||
-        /^(__tests__|bench|scripts|demo|\.ci|\.github|node_modules|coverage)\//.test(file) ||
+        /^(__tests__|bench|scripts|demo|examples|docs|\.ci|\.github|node_modules|coverage)\//.test(file) ||
         /\.test\./.test(file),
     );
     expect(devOnly).toEqual([]);
   }, 150_000);
+
+  it('runs nothing on a consumer\'s install: no prepare or install scripts, the build runs on pack (prepack)', () => {
+    // `prepare` also runs on consumers' git installs and on every `npm ci` of this repo;
+    // `prepack` builds dist/ exactly when a tarball is made (npm pack, npm publish).
+    const scripts = (pkg as { scripts?: Record<string, string> }).scripts ?? {};
+    const consumerHooks = ['prepare', 'preinstall', 'install', 'postinstall'].filter((name) => name in scripts);
+    expect(consumerHooks).toEqual([]);
+    expect(scripts.prepack).toBe('npm run build');
+  });
 
   it('names in its dependencies every package whose types the published .d.ts files import', () => {
     // A TypeScript user has @types/node and @types/express (express is the peer); anything else

@@ -1,7 +1,9 @@
 /**
  * The express-perimeter demo: a small games API that shows every middleware.
  * Copy it as a template. `npm run demo` runs it on in-memory stores; REDIS_URL switches every
- * store to Redis. Try:
+ * store to Redis (variables: demo/.env.example; routes and keys: docs/demo.md). Try:
+ *   curl -s -X POST localhost:3000/api/login -H 'Content-Type: application/json' -d '{"user":"alice","password":"demo"}'
+ *                                                                      # a demo JWT: -H 'Authorization: Bearer <token>'
  *   curl -i localhost:3000/api/games                                   # X-Request-ID, rate-limit headers, ETag
  *   curl -i localhost:3000/api/games -H 'If-None-Match: <etag>'        # 304
  *   curl -i -X POST localhost:3000/api/games -H 'X-API-Key: demo-pro-key' -H 'Content-Type: application/json' -d '{"name":"Go","genre":"board"}'
@@ -27,6 +29,7 @@ import {
   circuitBreaker,
 } from '../index';
 import { GameStore } from './games';
+import { demoJwtSecret, demoLogin } from './login';
 
 // Demo credentials only: real services take them from API_KEYS / JWT_SECRET (configFromEnv).
 const DEMO_API_KEYS = [
@@ -40,14 +43,14 @@ export function createDemoApp() {
     ...env,
     auth: {
       apiKeys: DEMO_API_KEYS,
-      jwt: { secret: process.env.JWT_SECRET ?? 'demo-secret-change-me-demo-secret-change-me' },
+      jwt: { secret: demoJwtSecret() }, // POST /api/login issues tokens signed with it (demo/login.ts)
       // Tokens from an identity provider instead (Auth0, Okta, Cognito, Keycloak, Entra ID): its
       // issuer and your API's audience; the keys come from its JWKS, found by discovery and
       // refreshed when it rotates them. Recipes per provider: docs/auth.md.
       // jwt: { issuer: 'https://your-tenant.eu.auth0.com/', audience: 'https://games.example.com', discovery: true },
       required: false, // anonymous reads are fine; writes use requireRole / credits below
     },
-    tenant: { from: ['header'], tenants: { acme: { plan: 'pro' }, globex: { plan: 'free' } }, required: false },
+    tenant: { from: ['header', 'jwt'], tenants: { acme: { plan: 'pro' }, globex: { plan: 'free' } }, required: false },
     rateLimit: {
       limit: 30,
       window: '1m',
@@ -91,10 +94,8 @@ export function createDemoApp() {
     games.delete(Number(req.params.id));
     res.status(204).end();
   });
-  // A stricter limit on one route, counted apart from the stack's.
-  api.post('/login', rateLimit({ limit: 5, window: '1m', key: 'ip' }), (_req, res) => {
-    res.json({ token: 'issue a JWT here' });
-  });
+  // A demo JWT for alice or bob (demo/login.ts), under a stricter limit counted apart from the stack's.
+  api.post('/login', rateLimit({ limit: 5, window: '1m', key: 'ip' }), demoLogin(demoJwtSecret()));
   // req.signal aborts when the 2 s deadline passes or the client goes away.
   api.get('/slow', timeout({ ms: 2000 }), async (req, res) => {
     const ms = Math.min(Number(req.query.ms ?? 1000), 10_000);

@@ -12,7 +12,7 @@ export interface ErrorMapping {
   message?: string;
 }
 
-/** Options of {@link createErrorResponder} (and `errorNormalizer`). */
+/** Options of `createErrorResponder` (and `errorNormalizer`). */
 export interface ErrorResponseOptions {
   /** 'envelope' (`{ error: { code, message, request_id, details } }`) or 'problem' (RFC 9457). Defaults to 'envelope'. */
   format?: 'envelope' | 'problem';

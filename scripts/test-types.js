@@ -286,7 +286,8 @@ async function main(argv) {
   return failed === 0 ? 0 : 1;
 }
 
-module.exports = { COMBINATIONS, COMPILER_OPTIONS };
+// ensureBuilt, pack and run are shared with packed-project.js (test-docs.js, test-examples.js).
+module.exports = { COMBINATIONS, COMPILER_OPTIONS, ensureBuilt, pack, run };
 
 if (require.main === module) {
   main(process.argv.slice(2)).then(

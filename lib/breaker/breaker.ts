@@ -50,7 +50,7 @@ export interface BreakerParts {
 }
 
 /**
- * The circuit breaker state machine: private state, one guarded {@link transition} that emits
+ * The circuit breaker state machine: private state, one guarded `transition` that emits
  * exactly one event (`open`, `halfOpen`, `close`) and one log line per change, and per-call events
  * `success`, `failure`, `timeout` (a timeout is also a failure) and `reject`. State is local, so
  * deciding whether a call may run never waits on the network; shared stores only announce and
@@ -109,7 +109,7 @@ export class Breaker extends EventEmitter {
   }
 
   /**
-   * Asks to run one call: {@link REJECTED} (0), {@link ADMITTED} (1), or a probe ticket (≥ 2) while
+   * Asks to run one call: `REJECTED` (0), `ADMITTED` (1), or a probe ticket (≥ 2) while
    * half-open. Counts the call, and the rejection when refused.
    */
   admit(): number {

@@ -1,4 +1,4 @@
-/** Counts of a breaker's rolling window (see {@link RollingWindow}). */
+/** Counts of a breaker's rolling window (see `RollingWindow`). */
 export interface BreakerStats {
   /** Calls attempted, rejected ones included. */
   fires: number;

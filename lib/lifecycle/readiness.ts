@@ -25,7 +25,7 @@ export interface NamedCheck {
 export interface CheckReport {
   status: 'up' | 'down';
   duration_ms: number;
-  /** Why it is down (see {@link NotReadyError} for what is shown). */
+  /** Why it is down (see `NotReadyError` for what is shown). */
   error?: string;
 }
 

@@ -4,7 +4,7 @@ import { perStores } from './per-stores';
 import type { RedisConnection } from './redis-connection';
 import type { StoreFactory } from './types';
 
-/** One line of an account's ledger, newest first in {@link CreditsStore.history}. */
+/** One line of an account's ledger, newest first in `CreditsStore.history`. */
 export interface CreditsHistoryEntry {
   /** Epoch milliseconds (Redis's clock on Redis). */
   at: number;
