@@ -7,6 +7,7 @@ import { contextOf } from '../lib/context';
 import { onResponseDone } from '../lib/response-done';
 import type { PerimeterHandler } from '../types/express-augment';
 import { isProbe } from '../lib/lifecycle/probe';
+import { isShed } from '../lib/load-shedding/shed-mark';
 
 /** Options of {@link requestLogger}. */
 export interface RequestLoggerOptions {
@@ -50,7 +51,8 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
       const status = res.statusCode;
       const aborted = !res.writableFinished;
       // Probes come every few seconds from every balancer: debug, whatever their status (readiness logs its own changes).
-      const level = isProbe(req) ? 'debug' : status >= 500 ? 'error' : status >= 400 || aborted ? 'warn' : 'info';
+      // A shed request is a deliberate refusal, not a failure of the service: warn, not error.
+      const level = isProbe(req) ? 'debug' : status >= 500 && !isShed(req) ? 'error' : status >= 400 || aborted ? 'warn' : 'info';
       const ctx = context ?? contextOf(req);
       const line: Record<string, unknown> = {
         request_id: req.id,
