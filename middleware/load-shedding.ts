@@ -11,6 +11,7 @@ import { onResponseDone } from '../lib/response-done';
 import { perRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { describe, parseBytes, parseDuration } from '../lib/units';
 import type { PerimeterHandler } from '../types/express-augment';
+import { recordOnSpan } from '../lib/otel';
 
 export type { ShedReason } from '../lib/load-shedding/sampler';
 
@@ -188,6 +189,7 @@ function shedCounters(rt: PerimeterRuntime): ShedCounters {
 function shed(req: Request, reason: ShedReason, counters: ShedCounters, retryAfterSeconds: number): OverloadedError {
   counters[reason].inc();
   markShed(req);
+  recordOnSpan(req, 'perimeter.shed.reason', reason);
   // Without a stack trace: refusals come in floods, exactly when the process has no time to spare.
   const stackTraceLimit = Error.stackTraceLimit;
   Error.stackTraceLimit = 0;

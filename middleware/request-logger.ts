@@ -68,6 +68,10 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
         cache_hit: ctx?.cacheHit,
       };
       if (ctx?.country !== undefined) line.country = ctx.country;
+      if (ctx?.spanId !== undefined) {
+        line.trace_id = ctx.traceId;
+        line.span_id = ctx.spanId;
+      }
       if (aborted) line.aborted = true;
       if (format === 'gcp') {
         line.severity = SEVERITY[level];
@@ -80,6 +84,7 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
           latency: `${(durationMs / 1000).toFixed(3)}s`,
         };
         if (ctx?.traceId) line['logging.googleapis.com/trace'] = gcpProject ? `projects/${gcpProject}/traces/${ctx.traceId}` : ctx.traceId;
+        if (ctx?.spanId) line['logging.googleapis.com/spanId'] = ctx.spanId;
       }
       const logger = ownLogger ?? runtimeOf(req).logger;
       logger.log(level, aborted ? 'Request aborted' : 'Request completed', line);
