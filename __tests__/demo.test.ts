@@ -39,6 +39,19 @@ describe('demo service', () => {
     expect(text).toContain('http_requests_total');
   });
 
+  it('sheds load after health and securityHeaders, and shows its readings on /admin/load', async () => {
+    expect(stack.order.indexOf('loadShedding')).toBe(stack.order.indexOf('securityHeaders') + 1);
+    const res = await request(app).get('/admin/load').expect(200);
+    expect(res.body).toMatchObject({
+      overloaded: false,
+      eventLoopDelay: { limit: 200 },
+      eventLoopUtilization: { limit: 0.98 },
+      inFlight: { limit: 1000 },
+    });
+    // The /admin/load request itself is in flight while it reads the count.
+    expect(res.body.inFlight.value).toBe(1);
+  });
+
   it('answers the flaky route with a fallback once the breaker opens', async () => {
     const answers: Array<{ status: number; degraded?: boolean }> = [];
     for (let i = 0; i < 12; i++) {
