@@ -120,7 +120,7 @@ describe('loadShedding in the stack', () => {
     ['event_loop_delay', { maxEventLoopDelay: '30ms' }, 'eventLoopDelay'],
     ['event_loop_utilization', { maxEventLoopUtilization: 0.5 }, 'eventLoopUtilization'],
   ] as const)('sheds while the event loop is saturated (%s), and stops once it is free', async (reason, limits, readingName) => {
-    const { app, stack, lines } = stackApp({ loadShedding: { ...limits, sampleInterval: '50ms' } }, (a) => a.get('/work', (_req, res) => void res.json({ ok: true })));
+    const { app, stack, lines } = stackApp({ loadShedding: { ...limits, sampleInterval: '250ms' } }, (a) => a.get('/work', (_req, res) => void res.json({ ok: true })));
     await request(app).get('/work').expect(200);
     const busy = busyLoop();
     let refused: request.Response | undefined;

@@ -17,7 +17,7 @@ export interface SampledLimits {
 
 /** What one sample measured. */
 export interface Readings {
-  /** Mean event-loop delay over the last interval, in ms (or how late the sample itself ran, when more). */
+  /** Mean event-loop delay over the last interval, in ms (how late the sample ran when the loop was blocked all along). */
   eventLoopDelayMs: number;
   /** Share of the last interval the loop was busy, 0..1. */
   eventLoopUtilization: number;
@@ -62,23 +62,27 @@ export class LoadSampler {
     this.timer.unref();
   }
 
-  /** Takes one sample now (the timer calls it every interval). */
+  /**
+   * Takes one sample now (the timer calls it every interval). The first one judges memory only:
+   * its event-loop interval covers the application's own startup after createStack (modules
+   * loading, routes being built), not load, and would shed the first second of traffic.
+   */
   sample(): void {
     const now = performance.now();
-    // A loop blocked for the whole interval leaves the histogram empty and runs this timer late:
-    // the lateness is then the delay. A long stall just before the sample shows here too, where
-    // the histogram's mean would dilute it among the interval's quiet samples.
-    const late = Math.max(0, now - this.last - this.intervalMs);
-    this.last = now;
+    const first = this.sampledAt === undefined;
     const h = this.histogram;
-    const mean = h.count > 0 ? Math.max(0, h.mean / 1e6 - HISTOGRAM_RESOLUTION_MS) : late;
+    // The mean, not the maximum: one GC pause or CPU-quota stall is not overload, and shedding a
+    // whole interval for it would be. A loop blocked for the whole interval leaves the histogram
+    // empty; how late this timer ran is then the delay.
+    const delay = h.count > 0 ? Math.max(0, h.mean / 1e6 - HISTOGRAM_RESOLUTION_MS) : Math.max(0, now - this.last - this.intervalMs);
+    this.last = now;
     h.reset();
     const elu = performance.eventLoopUtilization();
     const utilization = performance.eventLoopUtilization(elu, this.elu).utilization;
     this.elu = elu;
     const readings: Readings = {
-      eventLoopDelayMs: round(Math.max(mean, late)),
-      eventLoopUtilization: round(utilization, 1000),
+      eventLoopDelayMs: first ? 0 : round(delay),
+      eventLoopUtilization: first ? 0 : round(utilization, 1000),
       // Not process.memoryUsage(): that also reads the RSS and fills five fields; each is read on its own.
       heapUsedBytes: getHeapStatistics().used_heap_size,
       rssBytes: process.memoryUsage.rss(),
