@@ -6,8 +6,9 @@ import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type Re
 import type { Express } from 'express';
 import jwt from 'jsonwebtoken';
 import request from 'supertest';
-import type { StackConfig } from '../index';
-import { closeStacks, eventually, stackApp } from './helpers/app';
+import { Writable } from 'node:stream';
+import { createLogger, createStack, type StackConfig } from '../index';
+import { closeStacks, eventually, newApp, stackApp } from './helpers/app';
 
 const SECRET = 'otel-test-secret-otel-test-secret-0123456789';
 const exporter = new InMemorySpanExporter();
@@ -89,6 +90,39 @@ describe('OpenTelemetry correlation with a span active', () => {
       for (const line of failLines) expect(line).toMatchObject({ trace_id: failed.spanContext().traceId, span_id: failed.spanContext().spanId });
     } finally {
       server.close();
+    }
+  });
+
+  it('adds them to lines written through the stack\'s own logger inside the request too', async () => {
+    const written: Array<Record<string, unknown>> = [];
+    const stream = new Writable({
+      write(chunk, _enc, cb) {
+        written.push(JSON.parse(String(chunk)));
+        cb();
+      },
+    });
+    const stack = createStack({ logger: createLogger({ stream, level: 'info' }), rateLimit: false });
+    const app = newApp();
+    app.use(stack);
+    app.get('/plain', async (_req, res) => {
+      await new Promise((resolve) => setImmediate(resolve));
+      stack.logger.info('from the handler, without req.context.log');
+      res.end();
+    });
+    const { server, url } = await tracedServer(app);
+    try {
+      await request(url).get('/plain').expect(200);
+      const [span] = await finishedSpan();
+      expect(written.find((l) => l.message === 'from the handler, without req.context.log')).toMatchObject({
+        trace_id: span.spanContext().traceId,
+        span_id: span.spanContext().spanId,
+      });
+      // Outside any request, no trace.
+      stack.logger.info('outside');
+      expect(written.find((l) => l.message === 'outside')).not.toHaveProperty('trace_id');
+    } finally {
+      server.close();
+      await stack.close();
     }
   });
 

@@ -64,6 +64,19 @@ export function activeRequestSpan(): RequestSpan | undefined {
   return { span, traceId: context.traceId, spanId: context.spanId };
 }
 
+/**
+ * Adds `trace_id` and `span_id` of the active span to a log record that has none: a line written
+ * through the stack's own logger (not `req.context.log`) inside a traced request still joins
+ * its trace. Without the package or a span this is a null check and one context read.
+ */
+export function addTraceFields(record: Record<string, unknown>): void {
+  if (record.trace_id !== undefined || api === MISSING) return;
+  const active = activeRequestSpan();
+  if (active === undefined) return;
+  record.trace_id = active.traceId;
+  record.span_id = active.spanId;
+}
+
 /** Keeps `span` as the one the request's decisions are recorded on. */
 export function setRequestSpan(req: Request, span: RequestSpan): void {
   slotsOf(req).span = span;
