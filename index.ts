@@ -20,6 +20,7 @@ export { health, type HealthOptions, type HealthCheck, type HealthHandler, type 
 export type { AttachOptions, ShutdownOptions } from './lib/lifecycle/graceful-shutdown';
 export { StoresNotReadyError, type ReadyOptions } from './lib/lifecycle/ready';
 export type { MetricsHandler, MetricsMethods, AnalyticsQuery, AnalyticsOptions, AnalyticsReport, AnalyticsTopEntry, AnalyticsLatencyEntry, AnalyticsErrorEntry } from './middleware/metrics';
+export { loadShedding, type LoadSheddingOptions, type LoadSheddingHandler, type LoadSheddingMethods, type LoadSheddingStatus, type LoadReading, type ShedReason } from './middleware/load-shedding';
 export { securityHeaders, type SecurityHeadersOptions } from './middleware/security-headers';
 export { cors, type PerimeterCorsOptions } from './middleware/cors';
 export { ipFilter, type IpFilterOptions, type IpFilterHandler, type IpRules, type AutoBanOptions, type IpBlock } from './middleware/ip-filter';

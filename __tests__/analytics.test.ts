@@ -534,6 +534,7 @@ describe('dashboards/express-perimeter.json', () => {
       credits: { required: false },
       ipFilter: { deny: ['10.0.0.0/8'] },
       tenant: { required: false },
+      loadShedding: { maxInFlight: 1000 },
     };
     const config: StackConfig = { logger: recordingLogger().logger };
     for (const name of STACK_ORDER) if (STACK_ENTRIES[name] !== undefined) (config as Record<string, unknown>)[name] = configs[name] ?? true;

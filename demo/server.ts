@@ -11,6 +11,8 @@
  *   curl -i localhost:3000/api/flaky                                    # 500s, then 503 CIRCUIT_OPEN
  *   curl -s localhost:3000/metrics | head
  *   curl -i localhost:3000/health/ready                                 # 200 ready (Redis checked when REDIS_URL is set)
+ *   curl -s localhost:3000/api/busy?ms=1500 & sleep 0.5; curl -i localhost:3000/api/games   # 503 OVERLOADED: the loop was blocked
+ *   curl -s localhost:3000/admin/load                                   # loadShedding readings (loopback only)
  */
 import express from 'express';
 import {
@@ -66,6 +68,9 @@ export function createDemoApp() {
     ipFilter: { paths: { '/admin': { allow: ['127.0.0.1', '::1'] } }, autoBan: { after: 20, within: '1m', for: '10m' } },
     auditLog: { sink: 'logger' },
     cache: { maxAge: 0 },
+    // Refuse with 503 OVERLOADED (Retry-After: 10) rather than queue requests a saturated process
+    // would answer too late: probes and /metrics are never shed. See docs/load-shedding.md.
+    loadShedding: { maxEventLoopDelay: '200ms', maxEventLoopUtilization: 0.98, maxInFlight: 1000 },
   });
 
   const games = new GameStore([
@@ -114,6 +119,16 @@ export function createDemoApp() {
     const picks = await retry(async () => games.list().slice(0, 1), { retries: 2, signal: req.signal });
     res.json({ picks, features: req.features?.all() });
   });
+  // Blocks the event loop, as a CPU-heavy handler would (never do this in a real service): requests
+  // arriving meanwhile are shed once the sampler sees the delay.
+  api.get('/busy', (req, res) => {
+    const ms = Math.min(Number(req.query.ms ?? 500), 2000);
+    const until = performance.now() + ms;
+    while (performance.now() < until) {
+      // blocking on purpose
+    }
+    res.json({ blocked_ms: ms });
+  });
   api.get('/fail', () => {
     throw new Error('connection to 172.31.30.29 refused'); // the client sees INTERNAL_ERROR only in production
   });
@@ -123,6 +138,9 @@ export function createDemoApp() {
   app.post('/admin/blocks', express.json(), async (req, res) => {
     await stack.middleware.ipFilter.block(String(req.body?.ip), req.body?.ttl ?? '1h');
     res.status(201).json({ blocked: req.body?.ip });
+  });
+  app.get('/admin/load', (_req, res) => {
+    res.json(stack.middleware.loadShedding.status());
   });
   app.post('/admin/credits/:user', async (req, res) => {
     res.json({ balance: await stack.middleware.credits.grant(req.params.user, Number(req.body?.amount ?? 100)) });

@@ -25,8 +25,10 @@ export class RequestContext {
   readonly startTime: number;
   /** High-resolution start, for durations. */
   readonly startHr: bigint;
-  /** Trace id from `traceparent` / `X-Cloud-Trace-Context`, when the client sent one. */
+  /** Trace id of the active OpenTelemetry span, else from `traceparent` / `X-Cloud-Trace-Context` when the client sent one. */
   traceId?: string;
+  /** Span id of the OpenTelemetry span active when the request entered the stack, when there is one. */
+  spanId?: string;
   /** Country code from the CDN (`CF-IPCountry`, `CloudFront-Viewer-Country`, `X-Country`), when known. */
   country?: string;
   user?: ContextUser;
@@ -73,11 +75,15 @@ export class RequestContext {
     return (this.deviceValue ??= detectDevice(this.req.headers['user-agent']));
   }
 
-  /** A child logger whose every line carries request_id (and user_id, tenant_id once known). */
+  /** A child logger whose every line carries request_id (and user_id, tenant_id once known; trace_id and span_id under an OpenTelemetry span). */
   get log(): Logger {
     const key = `${this.requestId}|${this.user?.id ?? ''}|${this.tenant?.id ?? ''}`;
     if (this.logValue === undefined || this.logKey !== key) {
       const meta: Record<string, unknown> = { request_id: this.requestId };
+      if (this.spanId !== undefined) {
+        meta.trace_id = this.traceId;
+        meta.span_id = this.spanId;
+      }
       if (this.user?.id !== undefined) meta.user_id = this.user.id;
       if (this.tenant?.id !== undefined) meta.tenant_id = this.tenant.id;
       this.logValue = this.baseLogger.child(meta);

@@ -3,6 +3,7 @@ import { Registry } from 'prom-client';
 import { errorNormalizer, type ErrorNormalizerOptions } from '../middleware/error-normalizer';
 import type { HealthHandler, HealthOptions } from '../middleware/health';
 import type { IdempotencyOptions } from '../middleware/idempotency';
+import type { LoadSheddingOptions } from '../middleware/load-shedding';
 import { notFound } from '../middleware/not-found';
 import { createErrorResponder } from './error-response';
 import { ConfigError } from './errors';
@@ -75,6 +76,8 @@ export interface StackConfig {
   metrics?: MetricsOptions | boolean;
   /** helmet with API defaults. On by default. */
   securityHeaders?: SecurityHeadersOptions | boolean;
+  /** 503 OVERLOADED while the event loop, heap, RSS or in-flight requests are over a threshold. Off until configured. */
+  loadShedding?: LoadSheddingOptions | boolean;
   /** The `cors` package, checked at setup. Off until configured. */
   cors?: PerimeterCorsOptions | boolean;
   /** IP allow and deny lists, run-time blocks, auto-ban. On by default (no rules: only run-time blocks). */

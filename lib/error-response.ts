@@ -1,6 +1,6 @@
 import { validateHeaderName, validateHeaderValue } from 'node:http';
 import type { Request, Response } from 'express';
-import { ConfigError, defaultCode, defaultMessage, isHttpError, type ErrorDetails } from './errors';
+import { ConfigError, defaultCode, defaultMessage, isHttpError, OverloadedError, type ErrorDetails } from './errors';
 import { answeredEarly, closeIfBodyUnread } from './late-response';
 import type { Logger } from './logger';
 
@@ -239,7 +239,9 @@ function logError(logger: Logger, err: unknown, n: NormalizedError, req: Request
   try {
     const meta: Record<string, unknown> = { status_code: n.status, code: n.code, method: req.method, path: req.path };
     if (req.context === undefined && requestId) meta.request_id = requestId;
-    if (n.status >= 500) {
+    // Shedding load is the stack working as configured: thousands of these a second must not
+    // each write an error line with a stack (requestLogger still logs the request at warn).
+    if (n.status >= 500 && !isShedding(err)) {
       const summary = describeThrown(err);
       meta.err = summary;
       logger.error(`Request failed: ${summary.message}`, meta);
@@ -248,6 +250,15 @@ function logError(logger: Logger, err: unknown, n: NormalizedError, req: Request
     }
   } catch {
     // A logger that throws must not turn one error into two.
+  }
+}
+
+/** Whether `err` is loadShedding's refusal; a Proxy whose prototype cannot be read is not. */
+function isShedding(err: unknown): boolean {
+  try {
+    return err instanceof OverloadedError;
+  } catch {
+    return false;
   }
 }
 

@@ -173,6 +173,16 @@ export class ServiceUnavailableError extends HttpError {
     this.expose = true;
   }
 }
+/**
+ * 503 OVERLOADED: refused by `loadShedding` while the process is over one of its thresholds, with
+ * `Retry-After`. A deliberate refusal, not a failure: the error log keeps it at debug.
+ */
+export class OverloadedError extends ServiceUnavailableError {
+  constructor(message?: string, details?: ErrorDetails, retryAfterSeconds?: number) {
+    super(message ?? 'The server is overloaded; retry after the time in Retry-After.', details, 'OVERLOADED');
+    if (retryAfterSeconds !== undefined) this.headers = { 'Retry-After': String(Math.max(1, Math.ceil(retryAfterSeconds))) };
+  }
+}
 /** 504 GATEWAY_TIMEOUT. */
 export class GatewayTimeoutError extends HttpError {
   constructor(message?: string, details?: ErrorDetails) {

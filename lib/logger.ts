@@ -1,5 +1,6 @@
 import { LEVEL, MESSAGE } from 'triple-beam';
 import winston from 'winston';
+import { addTraceFields } from './otel';
 import { isSecretKey, redact, REDACTED } from './redact';
 
 /** The logger every middleware writes to: a winston logger (or anything with its level methods and `child`). */
@@ -65,6 +66,7 @@ const slowJson = winston.format.json();
 const lineFormat = winston.format((info, opts) => {
   const record = info as Record<string, unknown>;
   record.timestamp = new Date().toISOString();
+  addTraceFields(record);
   errorFields(record);
   redactFields(record);
   if ((opts as { gcp?: boolean }).gcp) record.severity = GCP_SEVERITY[info.level] ?? 'DEFAULT';

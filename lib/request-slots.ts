@@ -18,6 +18,8 @@ export class RequestSlots {
   cachePending: unknown = undefined;
   cacheFill: unknown = undefined;
   cacheWrite: unknown = undefined;
+  /** The OpenTelemetry span decisions are recorded on (lib/otel). */
+  span: unknown = undefined;
 }
 
 const SLOTS = Symbol('express-perimeter.slots');

@@ -9,6 +9,7 @@ import { createCircuitBreaker } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
 import { credits } from '../middleware/credits';
 import { createHealth } from '../middleware/health';
+import { createLoadShedding } from '../middleware/load-shedding';
 import { createFeatureFlags } from '../middleware/feature-flags';
 import { rateLimit } from '../middleware/rate-limit';
 import { stackIdempotency } from '../middleware/idempotency';
@@ -61,7 +62,7 @@ export interface StackEntry<O = unknown> {
 
 /**
  * The documented order, outer to inner; the README gives the reason for each place.
- * requestId → requestLogger → metrics → health → securityHeaders → cors → ipFilter → sizeLimit → timeout →
+ * requestId → requestLogger → metrics → health → securityHeaders → loadShedding → cors → ipFilter → sizeLimit → timeout →
  * bodyParser → auth → tenant → rateLimit → idempotency → credits → sanitize → auditLog → featureFlags →
  * circuitBreaker → cache.
  */
@@ -71,6 +72,7 @@ export const STACK_ORDER = [
   'metrics',
   'health',
   'securityHeaders',
+  'loadShedding',
   'cors',
   'ipFilter',
   'sizeLimit',
@@ -106,6 +108,9 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   // Its headers are set as the request enters the stack (onEntry), so the answers of metrics and
   // health, which come before its place, carry them too.
   securityHeaders: { name: 'securityHeaders', defaultOn: true, build: (o) => stackSecurityHeaders(o) },
+  // Off until configured. Right after health and metrics (probes and scrapes are never shed) and
+  // before everything that costs: an overloaded process refuses before parsing, auth or Redis.
+  loadShedding: { name: 'loadShedding', defaultOn: false, build: (o, { runtime }) => createLoadShedding(o, runtime) },
   cors: { name: 'cors', defaultOn: false, build: (o) => cors(o) },
   // Off until configured; the stack's logger receives its setup warnings (weak JWT secret).
   auth: { name: 'auth', defaultOn: false, build: (o, { runtime }) => auth({ logger: runtime.logger, ...o }) },

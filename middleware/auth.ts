@@ -10,6 +10,7 @@ import { checkCallback, checkOptions } from '../lib/options';
 import { perRuntime, runtimeOf } from '../lib/runtime';
 import { describe, parseDuration } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
+import { recordOnSpan, spanOf } from '../lib/otel';
 import type { PerimeterHandler } from '../types/express-augment';
 
 export type { ApiKeyEntry, ApiKeyLookup, ApiKeyLookupResult } from '../lib/api-keys';
@@ -209,6 +210,7 @@ export function auth(options: AuthOptions = {}): RequestHandler {
       if (user !== undefined) ctx.user = user;
       if (apiKey !== undefined) ctx.apiKey = apiKey;
     }
+    if (spanOf(req) !== undefined) recordAuth(req, user, apiKey, method, tier);
   };
 
   const finishJwt = (
@@ -359,4 +361,16 @@ function cookieValue(header: string | undefined, name: string): string | undefin
   let value = parseCookie(header)[name];
   if (value !== undefined && value.length > 1 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1);
   return value === '' ? undefined : value;
+}
+
+/**
+ * The authentication decision as attributes of the request's span: OpenTelemetry's `enduser.id`
+ * and `enduser.role`, and `perimeter.auth.*` for what no convention names.
+ */
+function recordAuth(req: Request, user: ContextUser | undefined, apiKey: ApiKeyRecord['info'] | undefined, method: 'jwt' | 'apiKey', tier: string | undefined): void {
+  recordOnSpan(req, 'enduser.id', user?.id);
+  if (Array.isArray(user?.roles) && user.roles.length > 0) recordOnSpan(req, 'enduser.role', user.roles.join(','));
+  recordOnSpan(req, 'perimeter.auth.method', method);
+  recordOnSpan(req, 'perimeter.auth.tier', tier);
+  recordOnSpan(req, 'perimeter.auth.api_key', typeof apiKey?.name === 'string' ? apiKey.name : undefined);
 }

@@ -12,6 +12,7 @@ import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runt
 import { cacheStore, type CacheStore } from '../lib/stores/cache-store';
 import type { Stores } from '../lib/stores/types';
 import type { PerimeterHandler } from '../types/express-augment';
+import { recordOnSpan } from '../lib/otel';
 
 /**
  * Options of {@link cache}. `ttl`, `maxAge`, `staleWhileRevalidate` and `localTtl` are seconds as
@@ -164,6 +165,7 @@ export function createCache(options: CacheOptions = {}, runtime?: PerimeterRunti
     res.setHeader('X-Cache', 'MISS');
     const ctx = contextOf(req);
     if (ctx !== undefined) ctx.cacheHit = false;
+    recordOnSpan(req, 'perimeter.cache.hit', false);
     state.misses.inc();
     const hooks = hookResponse(req, res, layer);
     if (fill !== undefined) {

@@ -14,6 +14,7 @@ import { describe } from '../lib/units';
 import { onResponseDone } from '../lib/response-done';
 import { abortReasonOf } from './timeout';
 import type { PerimeterHandler } from '../types/express-augment';
+import { recordOnSpan } from '../lib/otel';
 
 export { createBreaker, FunctionBreaker, type CreateBreakerOptions, type BreakerCallSignal } from '../lib/breaker/create-breaker';
 export { retry, type RetryOptions } from '../lib/retry';
@@ -184,6 +185,7 @@ export function createCircuitBreaker(options: CircuitBreakerOptions = {}, stackR
     const group = home ?? groupFor(runtimeOf(req));
     const breaker = group.fixed ?? routeBreaker(group, req);
     const ticket = breaker.admit();
+    recordOnSpan(req, 'perimeter.breaker.state', breaker.state);
     if (ticket === REJECTED) {
       (res as unknown as Slots)[OPEN_ANSWER] = true;
       const err = breaker.rejection();

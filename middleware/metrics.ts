@@ -6,7 +6,9 @@ import { AuthenticationError, ConfigError, ForbiddenError } from '../lib/errors'
 import { IpList } from '../lib/ip-list';
 import { counter, gauge, histogram } from '../lib/metrics-registry';
 import { checkOptions } from '../lib/options';
-import { routeTemplate } from '../lib/route-template';
+import { OPENMETRICS_CONTENT_TYPE, openMetricsText, wantsOpenMetrics } from '../lib/openmetrics';
+import { compilePathPatterns, type PathLabeller } from '../lib/path-patterns';
+import { routeTemplate, UNMATCHED_ROUTE } from '../lib/route-template';
 import { perRuntime } from '../lib/runtime';
 import { clientIp } from '../lib/client-ip';
 import { onResponseDone } from '../lib/response-done';
@@ -26,6 +28,14 @@ export interface MetricsOptions {
   prefix?: string;
   /** Upper bounds in seconds of the `http_request_duration_seconds` buckets. Defaults to 5 ms … 30 s (see DEFAULT_BUCKETS). */
   buckets?: number[];
+  /**
+   * Route patterns (`['/api/users/:id', '/api/files/*']`, full paths as the client sends them)
+   * that label requests no route answered: those refused before routing (401, 429, 400, 503
+   * from the stack) or 404. Such a request is labelled with the first pattern its path matches,
+   * else `#unmatched`, so the `route` label stays bounded by this list. Compiled once; matched
+   * only for requests no route reached. Defaults to none (all of them are `#unmatched`).
+   */
+  paths?: string[];
   /** Per-endpoint analytics in process memory, read by `analytics()` and optionally served at `analytics.path`; false records nothing. Defaults to on: window '15m' in 15 buckets, 1000 endpoints, not served. */
   analytics?: AnalyticsOptions | boolean;
 }
@@ -62,7 +72,7 @@ declare module '../lib/create-stack' {
 /** Duration buckets (seconds) for an API: fine below 100 ms where most calls land, up to the default 30 s timeout. */
 export const DEFAULT_BUCKETS: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
-const KNOWN_OPTIONS = ['path', 'token', 'allow', 'defaultMetrics', 'prefix', 'buckets', 'analytics'] as const;
+const KNOWN_OPTIONS = ['path', 'token', 'allow', 'defaultMetrics', 'prefix', 'buckets', 'paths', 'analytics'] as const;
 const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
 // A client that hangs up before the response finished: nginx's "client closed request".
 const CLIENT_CLOSED = 499;
@@ -130,6 +140,7 @@ export function createMetrics(options: MetricsOptions = {}, registry?: Registry)
   }
   const allow = options.allow === undefined ? undefined : new IpList(options.allow, 'metrics.allow');
   const tokenDigest = options.token === undefined ? undefined : digest(checkToken(options.token));
+  const labelPath = compilePathPatterns(options.paths, 'metrics.paths');
   const analyticsOptions = parseAnalyticsOptions(options.analytics);
   // One per handler, whatever registries it writes to: it reports the requests this handler measured.
   const tracker = analyticsOptions && new Analytics(analyticsOptions.settings);
@@ -174,7 +185,7 @@ export function createMetrics(options: MetricsOptions = {}, registry?: Registry)
     onResponseDone(res, function recordRequest() {
       const status = res.writableFinished ? res.statusCode : CLIENT_CLOSED;
       const end = performance.now();
-      series.finished(method, routeTemplate(req), status, (end - start) / 1000, end);
+      series.finished(method, routeLabel(req, labelPath), status, (end - start) / 1000, end);
     });
     next();
   } as MetricsHandler;
@@ -253,6 +264,15 @@ class HttpSeries {
   }
 }
 
+/** The route template of `req`, or for a request no route reached, the first of `paths` it matches. */
+function routeLabel(req: Request, labelPath: PathLabeller | undefined): string {
+  const route = routeTemplate(req);
+  if (route !== UNMATCHED_ROUTE || labelPath === undefined) return route;
+  const url = req.originalUrl ?? req.url;
+  const query = url.indexOf('?');
+  return labelPath(query === -1 ? url : url.slice(0, query)) ?? UNMATCHED_ROUTE;
+}
+
 /**
  * A metric the application (or another library) registered under one of our names must be usable
  * as ours; checked at setup, so a clash is a ConfigError there and not a 500 on every request.
@@ -281,11 +301,16 @@ function collectDefaultsOnce(registry: Registry, prefix: string): void {
 }
 
 function scrape(registry: Registry, req: Request, res: Response, next: NextFunction): void {
-  registry.metrics().then(
+  // OpenMetrics when the scraper prefers it (Prometheus with OpenMetrics scraping, needed for
+  // exemplars and native _created series); the text format otherwise. A registry the user put
+  // in OpenMetrics mode answers in it either way, as before.
+  const openMetrics = (registry.contentType as string) !== OPENMETRICS_CONTENT_TYPE && wantsOpenMetrics(req.headers.accept);
+  (openMetrics ? openMetricsText(registry) : registry.metrics()).then(
     function sendMetrics(text) {
       try {
         res.statusCode = 200;
-        res.setHeader('Content-Type', registry.contentType);
+        res.setHeader('Content-Type', openMetrics ? OPENMETRICS_CONTENT_TYPE : registry.contentType);
+        res.setHeader('Vary', 'Accept');
         // A cached scrape is a stale scrape.
         res.setHeader('Cache-Control', 'no-store');
         res.setHeader('Content-Length', Buffer.byteLength(text));

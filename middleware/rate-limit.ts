@@ -19,6 +19,7 @@ import {
 import { describe, parseDuration, warnIfSecondsMeant } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
 import type { PerimeterHandler } from '../types/express-augment';
+import { recordOnSpan } from '../lib/otel';
 
 export type { RateLimitKey } from '../lib/rate-limit/client-key';
 export type { RateLimitTier } from '../lib/rate-limit/policy';
@@ -160,6 +161,7 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
       if (legacy) setLegacyHeaders(res, h, d, now());
       if (ietf) setIetfHeaders(res, h, d);
     }
+    recordOnSpan(req, 'perimeter.rate_limit.remaining', d.remaining);
     if (d.outcome === 'allowed') return next();
     // Before routing (the stack's limiter) no route is known yet: routeTemplate says '#unmatched'.
     state.rejections.inc({ key_type: key.type(req), route: routeTemplate(req) });

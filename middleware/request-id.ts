@@ -5,6 +5,7 @@ import { RequestContext, runWithContext } from '../lib/context';
 import { BadRequestError, ConfigError } from '../lib/errors';
 import { checkOptions } from '../lib/options';
 import { setIdentity } from '../lib/request-slots';
+import { activeRequestSpan, setRequestSpan } from '../lib/otel';
 import { runtimeOf } from '../lib/runtime';
 import type { PerimeterHandler } from '../types/express-augment';
 
@@ -61,9 +62,17 @@ export function requestId(options: RequestIdOptions = {}): RequestHandler {
       if (traceId === undefined && typeof cloudTrace === 'string') traceId = cloudTraceId(cloudTrace);
       id ??= traceId;
     }
-    id ??= generate();
+    // With OpenTelemetry, the request is known by its trace id unless the client named it.
+    const span = activeRequestSpan();
+    id ??= span?.traceId ?? generate();
     const ctx = new RequestContext(req, id, runtimeOf(req).logger);
     if (traceId !== undefined) ctx.traceId = traceId;
+    if (span !== undefined) {
+      ctx.traceId = span.traceId;
+      ctx.spanId = span.spanId;
+      setRequestSpan(req, span);
+      if (id !== span.traceId && span.span.isRecording()) span.span.setAttribute('perimeter.request_id', id);
+    }
     setIdentity(req, id, ctx);
     res.setHeader(header, id);
     const proceed = req.headers.host === undefined && req.httpVersionMajor === 1 && req.httpVersionMinor >= 1 ? refuseMissingHost(res, next) : next;

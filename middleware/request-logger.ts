@@ -7,6 +7,7 @@ import { contextOf } from '../lib/context';
 import { onResponseDone } from '../lib/response-done';
 import type { PerimeterHandler } from '../types/express-augment';
 import { isProbe } from '../lib/lifecycle/probe';
+import { isShed } from '../lib/load-shedding/shed-mark';
 
 /** Options of {@link requestLogger}. */
 export interface RequestLoggerOptions {
@@ -50,7 +51,8 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
       const status = res.statusCode;
       const aborted = !res.writableFinished;
       // Probes come every few seconds from every balancer: debug, whatever their status (readiness logs its own changes).
-      const level = isProbe(req) ? 'debug' : status >= 500 ? 'error' : status >= 400 || aborted ? 'warn' : 'info';
+      // A shed request is a deliberate refusal, not a failure of the service: warn, not error.
+      const level = isProbe(req) ? 'debug' : status >= 500 && !isShed(req) ? 'error' : status >= 400 || aborted ? 'warn' : 'info';
       const ctx = context ?? contextOf(req);
       const line: Record<string, unknown> = {
         request_id: req.id,
@@ -66,6 +68,10 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
         cache_hit: ctx?.cacheHit,
       };
       if (ctx?.country !== undefined) line.country = ctx.country;
+      if (ctx?.spanId !== undefined) {
+        line.trace_id = ctx.traceId;
+        line.span_id = ctx.spanId;
+      }
       if (aborted) line.aborted = true;
       if (format === 'gcp') {
         line.severity = SEVERITY[level];
@@ -78,6 +84,7 @@ export function requestLogger(options: RequestLoggerOptions = {}): RequestHandle
           latency: `${(durationMs / 1000).toFixed(3)}s`,
         };
         if (ctx?.traceId) line['logging.googleapis.com/trace'] = gcpProject ? `projects/${gcpProject}/traces/${ctx.traceId}` : ctx.traceId;
+        if (ctx?.spanId) line['logging.googleapis.com/spanId'] = ctx.spanId;
       }
       const logger = ownLogger ?? runtimeOf(req).logger;
       logger.log(level, aborted ? 'Request aborted' : 'Request completed', line);

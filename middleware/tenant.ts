@@ -8,6 +8,7 @@ import { perRuntime } from '../lib/runtime';
 import { describe, parseDuration } from '../lib/units';
 import type { TenantInfo } from '../types/express-augment';
 import type { PerimeterHandler } from '../types/express-augment';
+import { recordOnSpan } from '../lib/otel';
 
 /** Where a tenant id can come from. */
 export type TenantSource = 'subdomain' | 'header' | 'jwt' | 'path';
@@ -163,6 +164,7 @@ export function tenant(options: TenantOptions = {}): TenantHandler {
     const ctx = req.context;
     // Setting the context's tenant makes ctx.log (and the request log line) carry tenant_id.
     if (ctx !== undefined) ctx.tenant = info;
+    recordOnSpan(req, 'perimeter.tenant.id', info.id);
     metricsOf(req).inc(info.id, kind);
     if (stripPath && source === fromPath) strip(req, prefix, raw);
     next();

@@ -16,6 +16,8 @@ createStack({ rateLimit: { limt: 5 } });
 app.get('/x', rateLimit({ limt: 5 }));
 
 // A value of the wrong type.
+// @ts-expect-error maxEventLoopUtilization is a share, not a string
+createStack({ loadShedding: { maxEventLoopUtilization: '98%' } });
 // @ts-expect-error tenant takes options or a boolean
 createStack({ tenant: 42 });
 // @ts-expect-error a duration is a string or milliseconds

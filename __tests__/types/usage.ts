@@ -27,6 +27,7 @@ const config: StackConfig = {
   requestLogger: { format: 'gcp', skip: ['/health'] },
   metrics: { path: '/metrics' },
   securityHeaders: true,
+  loadShedding: { maxEventLoopDelay: '200ms', maxEventLoopUtilization: 0.98, maxHeapUsedBytes: '1gb', maxRssBytes: 2 * 1024 ** 3, maxInFlight: 500, retryAfter: '10s', sampleInterval: '1s' },
   cors: { origin: ['https://app.example.com'], credentials: true },
   ipFilter: { deny: ['10.0.0.0/8'], autoBan: { after: 10, within: '1m', for: '15m' } },
   sizeLimit: { max: '1mb' },
@@ -119,6 +120,13 @@ void stack.middleware.cache.invalidate('games');
 void stack.middleware.credits.grant('user-1', 100);
 expectTypeOf(stack.middleware.metrics.analytics()).not.toBeAny();
 const order: string[] = stack.order;
+const load: P.LoadSheddingStatus = stack.middleware.loadShedding.status();
+expectTypeOf(load.reason).toEqualTypeOf<P.ShedReason | null>();
+expectTypeOf(load.eventLoopDelay.over).toEqualTypeOf<boolean>();
+app.get('/reports/:id', P.loadShedding({ maxInFlight: 5 }), (req, res) => {
+  expectTypeOf(req.params.id).toEqualTypeOf<string>();
+  res.json({ id: req.params.id });
+});
 
 // A perimeter handler is a RequestHandler wherever one is expected.
 const asHandler: RequestHandler = P.rateLimit();

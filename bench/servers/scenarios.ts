@@ -109,6 +109,20 @@ export const SCENARIOS: Record<string, Scenario> = {
     },
   },
 
+  'stack-load-shedding': {
+    description: "'stack' with loadShedding on every reading, at thresholds the load never reaches (what every request pays: a flag read and the in-flight count)",
+    setup(app, lib) {
+      const stack = benchStack(
+        lib,
+        lib.hasMiddleware('loadShedding')
+          ? { loadShedding: { maxEventLoopDelay: '5s', maxEventLoopUtilization: 1, maxHeapUsedBytes: '1gb', maxRssBytes: '4gb', maxInFlight: 100_000 } }
+          : {},
+      );
+      app.use(stack);
+      return { after: stack.errorHandler, close: () => stack.close() };
+    },
+  },
+
   'stack-no-async-context': {
     description: "'stack' with requestId: { asyncContext: false } (no AsyncLocalStorage: getContext() off, req.context kept)",
     setup(app, lib) {

@@ -7,6 +7,7 @@ import type { CachedResponse } from '../stores/cache-store';
 import { headerString, type CacheState, type Fill } from './fill';
 import { entryNames, tagName, writeNames } from './names';
 import type { LayerSettings } from './options';
+import { recordOnSpan } from '../otel';
 
 type Send = (...args: unknown[]) => Response;
 
@@ -113,6 +114,7 @@ export function replay(req: Request, res: Response, state: CacheState, entry: Ca
   res.setHeader('Age', String(Math.floor(age / MS_PER_SECOND)));
   const ctx = contextOf(req);
   if (ctx !== undefined) ctx.cacheHit = true;
+  recordOnSpan(req, 'perimeter.cache.hit', true);
   state.hits.inc();
   const h = req.headers;
   const ifNoneMatch = h['if-none-match'];
