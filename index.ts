@@ -19,6 +19,8 @@ export { metrics, type MetricsOptions } from './middleware/metrics';
 export { health, type HealthOptions, type HealthCheck, type HealthHandler, type HealthMethods, type ReadinessReport, type CheckReport } from './middleware/health';
 export type { AttachOptions, ShutdownOptions } from './lib/lifecycle/graceful-shutdown';
 export { StoresNotReadyError, type ReadyOptions } from './lib/lifecycle/ready';
+export { PostgresStoreError, type PostgresFailure } from './lib/postgres/errors';
+export type { PostgresOption, PostgresOptions, PostgresPoolLike, PostgresClientLike, PostgresQueryResult } from './lib/postgres/types';
 export type { MetricsHandler, MetricsMethods, AnalyticsQuery, AnalyticsOptions, AnalyticsReport, AnalyticsTopEntry, AnalyticsLatencyEntry, AnalyticsErrorEntry } from './middleware/metrics';
 export { securityHeaders, type SecurityHeadersOptions } from './middleware/security-headers';
 export { cors, type PerimeterCorsOptions } from './middleware/cors';
