@@ -33,7 +33,7 @@ export { auth, type AuthOptions, type ApiKeyEntry, type ApiKeyLookup, type ApiKe
 export { requireAuth, requireApiKey, requireRole, type GuardOptions } from './middleware/require-auth';
 export { idempotency, type IdempotencyOptions, type IdempotencyHandler, type IdempotencyScope } from './middleware/idempotency';
 export { credits, type CreditsOptions, type CreditsMethods, type CreditsHandler } from './middleware/credits';
-export type { CreditsHistoryEntry } from './lib/stores/credits-store';
+export type { CreditsHistoryEntry, CreditsHistoryOptions } from './lib/stores/credits-store';
 export { tenant, type TenantOptions, type TenantHandler, type TenantConfig, type TenantResolver, type TenantSource } from './middleware/tenant';
 export { featureFlags, type FeatureFlagsOptions, type FeatureFlagsHandler, type FeatureFlagsMethods, type FlagSourceOption, type FlagFileSource, type FlagDefinition, type FlagInput, type FlagReason, type FlagResult, type FlagSubject } from './middleware/feature-flags';
 export { requireFeature, type RequireFeatureOptions } from './middleware/require-feature';
