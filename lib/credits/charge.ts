@@ -95,7 +95,9 @@ export class Charge {
 
   private storeFailed(err: Error): void {
     this.state.storeErrors.inc({ operation: 'reserve' });
-    this.state.outage.failed(err, this.reservedAt);
+    // A statement the server cancelled (one account's row held too long) says the store is up.
+    if (err instanceof PostgresStoreError && err.cancelledByServer) this.state.outage.answered();
+    else this.state.outage.failed(err, this.reservedAt);
     // A reservation that was sent may have been taken with its answer lost or late: undo it under
     // the same id (a no-op if it was not, and a mark that refuses it if it is still on its way).
     if (mayHaveTaken(err)) this.settle('refund', true);

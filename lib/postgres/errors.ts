@@ -17,11 +17,18 @@ export class PostgresStoreError extends Error {
    * rolls the transaction back).
    */
   readonly maybeApplied: boolean;
-  constructor(failure: PostgresFailure, message: string, maybeApplied: boolean, cause?: unknown) {
+  /**
+   * The server itself cancelled the statement (its statement timeout, a lock timeout): it is up,
+   * and the statement was slow, most often waiting on a row another transaction holds. Not an
+   * outage: other calls may go on.
+   */
+  readonly cancelledByServer: boolean;
+  constructor(failure: PostgresFailure, message: string, maybeApplied: boolean, cause?: unknown, cancelledByServer = false) {
     super(message, cause === undefined ? undefined : { cause });
     this.name = 'PostgresStoreError';
     this.failure = failure;
     this.maybeApplied = maybeApplied;
+    this.cancelledByServer = cancelledByServer;
   }
 }
 
@@ -51,7 +58,7 @@ export function mapPostgresError(err: unknown, sent: boolean, timeoutMs: number,
   // 57014 query_canceled: statement_timeout fired on the server, which rolled the work back.
   // 55P03 lock_not_available: a lock_timeout the user's pool set.
   if (sqlState === '57014' || sqlState === '55P03') {
-    return new PostgresStoreError('timeout', `PostgreSQL cancelled a statement that ran longer than ${timeoutMs} ms`, false, err);
+    return new PostgresStoreError('timeout', `PostgreSQL cancelled a statement that ran longer than ${timeoutMs} ms`, false, err, true);
   }
   if ((err as Error).message === POOL_WAIT) {
     return new PostgresStoreError(
