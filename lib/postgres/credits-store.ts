@@ -1,12 +1,13 @@
 import type { CreditsHistoryEntry, CreditsHistoryOptions, CreditsStore, ReserveResult } from '../stores/credits-store';
 import type { PostgresDatabase } from './database';
-import type { PostgresTables } from './schema';
+import type { PostgresTables, PreparedStatement } from './schema';
 
 // Reservations past their time to live are deleted this often (and at most this many per pass):
 // the spend stays, as on Redis where the key expires.
 const SWEEP_EVERY_MS = 60_000;
 const SWEEP_BATCH = 1000;
-// Commits arriving in the same turn of the event loop are one DELETE, up to this many ids.
+// Commits arriving within this window are one DELETE, up to this many ids.
+const COMMIT_WINDOW_MS = 20;
 const COMMIT_BATCH = 500;
 
 // The ledger rows a change writes: the account's opening row when the change created it (its
@@ -23,32 +24,38 @@ const LEDGER_ROWS = (t: PostgresTables, source: string, created: string, initial
   ORDER BY d.ord`;
 
 // $1 account, $2 cost, $3 reservation, $4 initial balance, $5 request id.
-// One statement, so one transaction. The reservation id is checked first: a repeat takes nothing
-// more, and one a refund already marked (a reservation that arrives after its undo) takes nothing.
-// The spend is the conditional update: under concurrency PostgreSQL re-checks `balance >= cost`
-// on the row as the previous writer left it, so no two spends overdraw. An unknown account is
-// created at its initial balance minus the cost when the initial balance covers it, and not
-// written at all when it does not.
+// One statement, so one transaction: the spend, its reservation row and its ledger row. The spend
+// is the conditional update: under concurrency PostgreSQL re-checks `balance >= cost` on the row
+// as the previous writer left it, so no two spends overdraw. An unknown account is created at its
+// initial balance minus the cost when the initial balance covers it, and not written at all when
+// it does not. A reservation id seen before (a repeat, or one a refund already marked) makes the
+// reservation row's insert fail, which undoes the whole statement: the spend included. Only the
+// hot path is here; a refusal or a repeat costs a second, read-only, statement.
 function reserveSql(t: PostgresTables, createAccount: boolean): string {
   const spend = createAccount
-    ? `INSERT INTO ${t.creditBalances} AS b (account, balance)
-    SELECT $1, $4::bigint - $2::bigint WHERE NOT EXISTS (SELECT 1 FROM prior)
+    ? `INSERT INTO ${t.creditBalances} AS b (account, balance) VALUES ($1, $4::bigint - $2::bigint)
     ON CONFLICT (account) DO UPDATE SET balance = b.balance - $2::bigint WHERE b.balance >= $2::bigint
     RETURNING b.balance, (b.xmax = 0) AS created`
     : `UPDATE ${t.creditBalances} SET balance = balance - $2::bigint
-    WHERE account = $1 AND balance >= $2::bigint AND NOT EXISTS (SELECT 1 FROM prior)
+    WHERE account = $1 AND balance >= $2::bigint
     RETURNING balance, false AS created`;
-  return `WITH prior AS (
-  SELECT state FROM ${t.creditReservations} WHERE reservation = $3
-), spend AS (
+  const ledger = createAccount
+    ? LEDGER_ROWS(t, 'spend', 'spend.created', '$4::bigint', '-$2::bigint', 'spend.balance', "'spend'", "nullif($5::text, '')")
+    : // $4 is unused on this path, but every statement takes the same parameters.
+      `INSERT INTO ${t.creditLedger} (account, delta, balance_after, reason, request_id) SELECT $1, -$2::bigint, balance, 'spend', nullif($5::text, '') FROM spend WHERE $4::bigint IS NOT NULL`;
+  return `WITH spend AS (
   ${spend}
 ), held AS (
   INSERT INTO ${t.creditReservations} (reservation, account, cost, state) SELECT $3, $1, $2::bigint, 'held' FROM spend
-), ledger AS (${LEDGER_ROWS(t, 'spend', 'spend.created', '$4::bigint', '-$2::bigint', 'spend.balance', "'spend'", "nullif($5::text, '')")}
+), ledger AS (${ledger}
 )
-SELECT (SELECT balance FROM spend) AS spent,
-       (SELECT state FROM prior) AS prior,
-       (SELECT balance FROM ${t.creditBalances} WHERE account = $1) AS current`;
+SELECT balance FROM spend`;
+}
+
+// $1 account, $2 reservation, $3 initial balance: why a reservation was not taken.
+function refusedSql(t: PostgresTables): string {
+  return `SELECT coalesce((SELECT balance FROM ${t.creditBalances} WHERE account = $1), $3::bigint) AS current,
+       (SELECT state FROM ${t.creditReservations} WHERE reservation = $2) AS prior`;
 }
 
 // $1 account, $2 reservation, $3 request id, $4 reservation ttl in ms.
@@ -93,14 +100,16 @@ SELECT balance FROM g`;
  */
 export class PostgresCreditsStore implements CreditsStore {
   private readonly t: PostgresTables;
-  private readonly reserveNew: string;
-  private readonly reserveExisting: string;
-  private readonly refundText: string;
-  private readonly grantText: string;
-  private readonly setText: string;
-  private readonly historyText: string;
-  private readonly commitText: string;
+  private readonly reserveNew: PreparedStatement;
+  private readonly reserveExisting: PreparedStatement;
+  private readonly refusedText: PreparedStatement;
+  private readonly refundText: PreparedStatement;
+  private readonly grantText: PreparedStatement;
+  private readonly setText: PreparedStatement;
+  private readonly historyText: PreparedStatement;
+  private readonly commitText: PreparedStatement;
   private readonly sweepText: string;
+  private readonly balanceText: PreparedStatement;
   private pendingCommits: string[] = [];
   private commitFlush?: Promise<void>;
   private sweeper?: NodeJS.Timeout;
@@ -113,19 +122,21 @@ export class PostgresCreditsStore implements CreditsStore {
     private readonly reservationTtlMs: number,
   ) {
     const t = (this.t = db.tables);
-    this.reserveNew = reserveSql(t, true);
-    this.reserveExisting = reserveSql(t, false);
-    this.refundText = refundSql(t);
-    this.grantText = grantSql(t);
-    this.setText = `WITH old AS (SELECT balance FROM ${t.creditBalances} WHERE account = $1), s AS (
+    this.reserveNew = db.prepare(reserveSql(t, true));
+    this.reserveExisting = db.prepare(reserveSql(t, false));
+    this.refusedText = db.prepare(refusedSql(t));
+    this.refundText = db.prepare(refundSql(t));
+    this.grantText = db.prepare(grantSql(t));
+    this.balanceText = db.prepare(`SELECT balance FROM ${t.creditBalances} WHERE account = $1`);
+    this.setText = db.prepare(`WITH old AS (SELECT balance FROM ${t.creditBalances} WHERE account = $1), s AS (
   UPDATE ${t.creditBalances} SET balance = $2::bigint WHERE account = $1 RETURNING balance
 ), ledger AS (
   INSERT INTO ${t.creditLedger} (account, delta, balance_after, reason) SELECT $1, $2::bigint - (SELECT balance FROM old), $2::bigint, 'set' FROM s
 )
-SELECT balance FROM s`;
-    this.historyText = `SELECT id, delta, balance_after, reason, request_id, (extract(epoch FROM created_at) * 1000)::float8 AS at
-FROM ${t.creditLedger} WHERE account = $1 AND ($2::bigint IS NULL OR id < $2::bigint) ORDER BY id DESC LIMIT $3`;
-    this.commitText = `DELETE FROM ${t.creditReservations} WHERE reservation = ANY($1::text[]) AND state = 'held'`;
+SELECT balance FROM s`);
+    this.historyText = db.prepare(`SELECT id, delta, balance_after, reason, request_id, (extract(epoch FROM created_at) * 1000)::float8 AS at
+FROM ${t.creditLedger} WHERE account = $1 AND ($2::bigint IS NULL OR id < $2::bigint) ORDER BY id DESC LIMIT $3`);
+    this.commitText = db.prepare(`DELETE FROM ${t.creditReservations} WHERE reservation = ANY($1::text[]) AND state = 'held'`);
     this.sweepText = `DELETE FROM ${t.creditReservations} WHERE reservation IN (
   SELECT reservation FROM ${t.creditReservations} WHERE created_at < now() - make_interval(secs => $1::double precision / 1000)
   LIMIT ${SWEEP_BATCH} FOR UPDATE SKIP LOCKED)`;
@@ -133,21 +144,30 @@ FROM ${t.creditLedger} WHERE account = $1 AND ($2::bigint IS NULL OR id < $2::bi
 
   async reserve(account: string, cost: number, initial: number, reservation: string, requestId: string): Promise<ReserveResult> {
     this.startSweeper();
-    // An initial balance that cannot cover the cost never creates the account: the plain update.
+    const key = this.key(account);
+    // The upsert (which may create the account) only when the initial balance covers the cost;
+    // otherwise the plain conditional update, which never creates it.
     const text = initial >= cost ? this.reserveNew : this.reserveExisting;
-    const [row] = await this.db.query<{ spent: string | null; prior: string | null; current: string | null }>(text, [this.key(account), cost, reservation, initial, requestId]);
-    const current = row.current === null ? initial : Number(row.current);
-    if (row.spent !== null) return { ok: true, balance: Number(row.spent) };
-    // A repeat of a reservation still held: taken already, nothing more.
-    if (row.prior === 'held') return { ok: true, balance: current };
-    return { ok: false, balance: current };
+    let rows: Array<{ balance: string }>;
+    try {
+      rows = await this.db.query<{ balance: string }>(text, [key, cost, reservation, initial, requestId]);
+    } catch (err) {
+      // 23505: this reservation id has a row already; the statement took nothing.
+      if ((err as { code?: unknown }).code !== '23505') throw err;
+      rows = [];
+    }
+    if (rows.length === 1) return { ok: true, balance: Number(rows[0].balance) };
+    const [why] = await this.db.query<{ current: string; prior: string | null }>(this.refusedText, [key, reservation, initial]);
+    // A repeat of a reservation still held was taken already: nothing more. A refunded one stays undone.
+    return { ok: why.prior === 'held', balance: Number(why.current) };
   }
 
   commit(_account: string, reservation: string): Promise<void> {
     this.pendingCommits.push(reservation);
     if (this.pendingCommits.length >= COMMIT_BATCH) return this.flushCommits();
-    // Commits of the same turn (a burst of requests finishing) share one statement.
-    return (this.commitFlush ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() => this.flushCommits()));
+    // Commits of a short window share one statement: a commit follows the response, so its delay
+    // costs no request anything, while one DELETE per commit would cost as much as the spend.
+    return (this.commitFlush ??= new Promise<void>((resolve) => setTimeout(resolve, COMMIT_WINDOW_MS)).then(() => this.flushCommits()));
   }
 
   async refund(account: string, reservation: string, requestId: string): Promise<number> {
@@ -173,7 +193,7 @@ FROM ${t.creditLedger} WHERE account = $1 AND ($2::bigint IS NULL OR id < $2::bi
   }
 
   async balance(account: string, initial: number): Promise<number> {
-    const [row] = await this.db.query<{ balance: string }>(`SELECT balance FROM ${this.t.creditBalances} WHERE account = $1`, [this.key(account)]);
+    const [row] = await this.db.query<{ balance: string }>(this.balanceText, [this.key(account)]);
     return row === undefined ? initial : Number(row.balance);
   }
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { Pool } from 'pg';
 import { NotReadyError } from '../lifecycle/readiness';
 import type { Logger } from '../logger';
@@ -6,7 +7,7 @@ import type { StoreReadiness } from '../stores/types';
 import { WARNINGS } from '../warnings';
 import { deadlineError, mapPostgresError, PostgresStoreError } from './errors';
 import type { PostgresSettings } from './options';
-import { migrate, SCHEMA_VERSION, schemaVersion, tableNames, type PostgresTables, type Sql } from './schema';
+import { migrate, SCHEMA_VERSION, schemaVersion, tableNames, type PostgresTables, type PreparedStatement, type Sql } from './schema';
 import type { PostgresClientLike, PostgresPoolLike } from './types';
 
 /** Options of {@link PostgresDatabase}. */
@@ -109,11 +110,20 @@ export class PostgresDatabase {
     this.createSchema(SCHEMA_RETRY_FIRST_MS);
   }
 
+  /**
+   * A statement run often (a spend): on the pool the library opened it is named, so each
+   * connection parses and plans it once instead of on every call. Not on the user's pool: its
+   * sessions are theirs, and named statements would stay in them.
+   */
+  prepare(text: string): PreparedStatement {
+    return this.owned ? { text, name: `perimeter_${createHash('sha1').update(text).digest('hex').slice(0, 24)}` } : { text };
+  }
+
   /** Runs one statement, atomic by itself; resolves to its rows. */
-  query<R = Record<string, unknown>>(text: string, values?: unknown[]): Promise<R[]> {
+  query<R = Record<string, unknown>>(text: string | PreparedStatement, values?: unknown[]): Promise<R[]> {
     // On the user's pool the timeout needs a transaction to live in (SET LOCAL).
     if (!this.owned) return this.transaction((sql) => sql<R>(text, values));
-    return this.track(this.attempt((client) => client.query(text, values).then((r) => r.rows as R[]), this.requestAttempt));
+    return this.track(this.attempt((client) => sqlOn(client)<R>(text, values), this.requestAttempt));
   }
 
   /** Runs `work` in one transaction: committed when it resolves, rolled back when it throws or the call fails. */
@@ -148,7 +158,7 @@ export class PostgresDatabase {
 
   private async inTransaction<T>(client: PostgresClientLike, begin: string, work: (sql: Sql) => Promise<T>): Promise<T> {
     await client.query(begin);
-    const result = await work(<R>(text: string, values?: unknown[]) => client.query(text, values).then((r) => r.rows as R[]));
+    const result = await work(sqlOn(client));
     await client.query('COMMIT');
     return result;
   }
@@ -295,7 +305,8 @@ function beginWithTimeout(ms: number): string {
 }
 
 function sqlOn(client: PostgresClientLike): Sql {
-  return <R>(text: string, values?: unknown[]) => client.query(text, values).then((r) => r.rows as R[]);
+  return <R>(text: string | PreparedStatement, values?: unknown[]) =>
+    client.query(typeof text === 'string' ? text : { name: text.name, text: text.text, values }, typeof text === 'string' ? values : undefined).then((r) => r.rows as R[]);
 }
 
 function toError(value: unknown): Error {

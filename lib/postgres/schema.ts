@@ -1,5 +1,11 @@
+/** A statement the database prepares once per connection (see PostgresDatabase.prepare). */
+export interface PreparedStatement {
+  text: string;
+  name?: string;
+}
+
 /** Runs one statement (of a transaction the caller opened) and resolves to its rows. */
-export type Sql = <R = Record<string, unknown>>(text: string, values?: unknown[]) => Promise<R[]>;
+export type Sql = <R = Record<string, unknown>>(text: string | PreparedStatement, values?: unknown[]) => Promise<R[]>;
 
 /** The table names of one `tablePrefix` (already checked to be a plain identifier, so pasted unquoted). */
 export interface PostgresTables {
@@ -61,8 +67,9 @@ export const MIGRATIONS: readonly Migration[] = [
 )`,
       // history(account) newest first, paged by id.
       `CREATE INDEX ${t.creditLedger}_account_id_idx ON ${t.creditLedger} (account, id DESC)`,
-      // Month-end reconciliation reads a period of time.
-      `CREATE INDEX ${t.creditLedger}_created_at_idx ON ${t.creditLedger} (created_at)`,
+      // Month-end reconciliation reads a period of time. BRIN: rows arrive in time order, so a
+      // few pages of summary serve the range scan, and a spend pays almost nothing to keep it.
+      `CREATE INDEX ${t.creditLedger}_created_at_idx ON ${t.creditLedger} USING brin (created_at)`,
       // 'held': spent and still refundable; 'refunded': given back (a second refund, or a late
       // reservation under the same id, finds it and does nothing). Rows older than the
       // reservation time to live are swept.

@@ -12,7 +12,8 @@ export interface PostgresQueryResult {
 
 /** A connection checked out of a pool (`pg.PoolClient`). */
 export interface PostgresClientLike {
-  query(text: string, values?: unknown[]): Promise<PostgresQueryResult>;
+  /** A statement as text, or as `{ name, text, values }` (a named statement is prepared once per connection). */
+  query(textOrConfig: string | { name?: string; text: string; values?: unknown[] }, values?: unknown[]): Promise<PostgresQueryResult>;
   /** Returns the connection to its pool; with an error (or `true`) the pool closes it instead. */
   release(err?: Error | boolean): void;
   on(event: 'error', listener: (err: Error) => void): unknown;
