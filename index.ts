@@ -19,6 +19,8 @@ export { metrics, type MetricsOptions } from './middleware/metrics';
 export { health, type HealthOptions, type HealthCheck, type HealthHandler, type HealthMethods, type ReadinessReport, type CheckReport } from './middleware/health';
 export type { AttachOptions, ShutdownOptions } from './lib/lifecycle/graceful-shutdown';
 export { StoresNotReadyError, type ReadyOptions } from './lib/lifecycle/ready';
+export { PostgresStoreError, type PostgresFailure } from './lib/postgres/errors';
+export type { PostgresOption, PostgresOptions, PostgresPoolLike, PostgresClientLike, PostgresQueryResult } from './lib/postgres/types';
 export type { MetricsHandler, MetricsMethods, AnalyticsQuery, AnalyticsOptions, AnalyticsReport, AnalyticsTopEntry, AnalyticsLatencyEntry, AnalyticsErrorEntry } from './middleware/metrics';
 export { loadShedding, type LoadSheddingOptions, type LoadSheddingHandler, type LoadSheddingMethods, type LoadSheddingStatus, type LoadReading, type ShedReason } from './middleware/load-shedding';
 export { securityHeaders, type SecurityHeadersOptions } from './middleware/security-headers';
@@ -32,7 +34,7 @@ export { auth, type AuthOptions, type ApiKeyEntry, type ApiKeyLookup, type ApiKe
 export { requireAuth, requireApiKey, requireRole, type GuardOptions } from './middleware/require-auth';
 export { idempotency, type IdempotencyOptions, type IdempotencyHandler, type IdempotencyScope } from './middleware/idempotency';
 export { credits, type CreditsOptions, type CreditsMethods, type CreditsHandler } from './middleware/credits';
-export type { CreditsHistoryEntry } from './lib/stores/credits-store';
+export type { CreditsHistoryEntry, CreditsHistoryOptions } from './lib/stores/credits-store';
 export { tenant, type TenantOptions, type TenantHandler, type TenantConfig, type TenantResolver, type TenantSource } from './middleware/tenant';
 export { featureFlags, type FeatureFlagsOptions, type FeatureFlagsHandler, type FeatureFlagsMethods, type FlagSourceOption, type FlagFileSource, type FlagDefinition, type FlagInput, type FlagReason, type FlagResult, type FlagSubject } from './middleware/feature-flags';
 export { requireFeature, type RequireFeatureOptions } from './middleware/require-feature';

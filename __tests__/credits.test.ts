@@ -10,6 +10,8 @@ import { resetWarnings } from '../lib/warnings';
 import { creditsStore, type CreditsStore } from '../lib/stores/credits-store';
 import { MemoryStores, RedisStores, type Stores } from '../lib/stores';
 import { describeRedis, eventually, newApp, recordingLogger, redisUrl, uniquePrefix } from './helpers/app';
+import { expectLedgerBalanced } from './helpers/ledger';
+import { freshDatabase, postgresUrl } from './helpers/postgres';
 
 // Stands in for `auth`: X-User sets req.user, X-Key sets req.apiKey.
 function fakeAuth(req: Request, _res: Response, next: NextFunction): void {
@@ -83,6 +85,15 @@ async function metric(stack: Stack, name: string, labels: Record<string, string>
 type Backend = [string, (prefix: string) => StackConfig];
 const backends: Backend[] = [['memory', () => ({})]];
 if (redisUrl) backends.push(['redis', (prefix) => ({ redis: redisUrl, keyPrefix: prefix })]);
+// The same behaviour on PostgreSQL (its own tables per test, through the prefix).
+let pgDatabase = '';
+const tablePrefix = (prefix: string) => `${prefix.replace(/[^a-z0-9]/g, '')}_`;
+if (postgresUrl) {
+  beforeAll(async () => {
+    pgDatabase = await freshDatabase();
+  });
+  backends.push(['postgres', (prefix) => ({ postgres: { url: pgDatabase, tablePrefix: tablePrefix(prefix) } })]);
+}
 
 describe.each(backends)('credits on %s stores', (backendName, backend) => {
   let prefix: string;
@@ -91,9 +102,9 @@ describe.each(backends)('credits on %s stores', (backendName, backend) => {
   });
 
   it('lets exactly 10 of 30 concurrent cost-10 calls through on a balance of 100, and ends at 0', async () => {
-    // On Redis two app instances share the balance, as two processes behind a load balancer would.
+    // On Redis and PostgreSQL two app instances share the balance, as two processes behind a load balancer would.
     const a = stackApp({ ...backend(prefix), credits: { cost: 10 } });
-    const b = backendName === 'redis' ? stackApp({ ...backend(prefix), credits: { cost: 10 } }) : a;
+    const b = backendName === 'memory' ? a : stackApp({ ...backend(prefix), credits: { cost: 10 } });
     expect(await a.stack.middleware.credits.grant('alice', 100)).toBe(100);
 
     const responses = await Promise.all(
@@ -116,6 +127,7 @@ describe.each(backends)('credits on %s stores', (backendName, backend) => {
     expect(spentA + spentB).toBe(100);
     const rejected = (await metric(a.stack, 'credits_rejections_total', { reason: 'insufficient' })) + (b === a ? 0 : await metric(b.stack, 'credits_rejections_total', { reason: 'insufficient' }));
     expect(rejected).toBe(20);
+    if (backendName === 'postgres') await expectLedgerBalanced(pgDatabase, tablePrefix(prefix));
   });
 
   it.each([

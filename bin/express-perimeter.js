@@ -3,7 +3,8 @@
 /* global require, process, __dirname */
 /* eslint-disable @typescript-eslint/no-require-imports -- a plain CommonJS entry point run by npx */
 
-// `npx express-perimeter verify-audit audit.jsonl`: the logic is compiled TypeScript in dist/.
+// `npx express-perimeter verify-audit audit.jsonl`, `npx express-perimeter migrate --postgres URL`:
+// the logic is compiled TypeScript in dist/.
 const path = require('node:path');
 
 let cli;

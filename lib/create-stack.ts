@@ -16,6 +16,8 @@ import { describe } from './units';
 import { attachRuntime, type PerimeterRuntime } from './runtime';
 import { STACK_ENTRIES, STACK_ORDER, type StackEntry, type StackHandler } from './stack-entries';
 import { createStores } from './stores';
+import { parsePostgresOption } from './postgres/options';
+import type { PostgresOption } from './postgres/types';
 import type { RedisOption } from './stores/redis-connection';
 import type { Stores } from './stores/types';
 import { openSharedStack } from './shared-stacks';
@@ -62,6 +64,13 @@ export interface StackConfig {
   redis?: RedisOption;
   /** Prefix of every Redis key and channel the stack uses. Defaults to 'perimeter:'. */
   keyPrefix?: string;
+  /**
+   * PostgreSQL for the durable state: a URL, a `pg.Pool` (never closed by the stack), or
+   * `{ url | pool, tablePrefix, statementTimeout }`. Credits keep their balances and ledger there
+   * (with `redis` too, everything else stays on Redis); the tables are created when missing.
+   * Defaults to none.
+   */
+  postgres?: PostgresOption;
   /** A winston logger, or options for the default one. Defaults to JSON on stdout at LOG_LEVEL. */
   logger?: Logger | LoggerOptions;
   /** User middleware placed at named points. Defaults to none. */
@@ -128,7 +137,7 @@ export interface StackMiddleware {
 export interface Stack extends PerimeterHandler {
   /** `notFound` and `errorNormalizer`: `app.use(stack.errorHandler)` after the routes. */
   errorHandler: [PerimeterHandler, PerimeterErrorHandler];
-  /** Closes timers, flushes queues and closes the Redis connections the stack opened. */
+  /** Closes timers, flushes queues and closes the Redis connections and the PostgreSQL pool the stack opened. */
   close(): Promise<void>;
   /** Names of the enabled middleware, outer to inner. */
   order: string[];
@@ -140,7 +149,7 @@ export interface Stack extends PerimeterHandler {
   metricsRegistry: Registry;
   /** The stack's logger. */
   logger: Logger;
-  /** Resolves once the stack's stores are connected (Redis: ready; a Cluster: slots known); rejects after `timeout` (default '30s'). Await it before listening. */
+  /** Resolves once the stack's stores are connected (Redis: ready; a Cluster: slots known; PostgreSQL: its tables exist); rejects after `timeout` (default '30s'). Await it before listening. */
   ready(options?: ReadyOptions): Promise<void>;
   /**
    * Sets safe server timeouts where Node's defaults are left, follows the server's connections,
@@ -157,7 +166,7 @@ export interface Stack extends PerimeterHandler {
   shutdown(options?: ShutdownOptions): Promise<void>;
 }
 
-const TOP_LEVEL_KEYS = ['redis', 'keyPrefix', 'logger', 'insert', 'trustProxy', 'errorNormalizer', 'notFound'];
+const TOP_LEVEL_KEYS = ['redis', 'keyPrefix', 'postgres', 'logger', 'insert', 'trustProxy', 'errorNormalizer', 'notFound'];
 
 /** Builds every request-phase middleware in the documented order from one config. */
 export function createStack(config: StackConfig = {}): Stack {
@@ -175,7 +184,8 @@ export function createStack(config: StackConfig = {}): Stack {
 
   const logger = isLogger(config.logger) ? config.logger : createLogger(config.logger as LoggerOptions | undefined);
   if (config.redis === undefined && process.env.NODE_ENV === 'production') warnOnce(logger, 'ERR_MEMORY_STORE_IN_PRODUCTION');
-  const stores = createStores(config.redis, logger, config.keyPrefix);
+  const postgres = config.postgres === undefined ? undefined : parsePostgresOption(config.postgres);
+  const stores = createStores(config.redis, logger, config.keyPrefix, postgres);
   const registry = new Registry();
   const normalizerOptions = typeof config.errorNormalizer === 'object' ? config.errorNormalizer : {};
   const runtime: PerimeterRuntime = {

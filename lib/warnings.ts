@@ -13,6 +13,10 @@ export const WARNINGS = {
     'NODE_ENV=production with in-memory stores: rate limits, IP blocks and caches are counted per instance; pass `redis` to createStack() when running several instances',
   ERR_REDIS_UNAVAILABLE: 'Redis is unavailable; stores follow their configured fail mode until it answers again',
   ERR_REDIS_RECOVERED: 'Redis answers again; stores are back on Redis',
+  ERR_POSTGRES_UNAVAILABLE: 'PostgreSQL is unavailable; credits and the audit sink follow their configured fail mode until it answers again',
+  ERR_POSTGRES_RECOVERED: 'PostgreSQL answers again',
+  ERR_POSTGRES_SCHEMA:
+    'PostgreSQL schema could not be created; tried again until it is. If the role may not run DDL, run `npx express-perimeter migrate --postgres URL` once with one that may',
   ERR_RATE_LIMIT_STORE_UNAVAILABLE:
     "Rate limiting store failed or answered later than rateLimit.storeTimeout; requests follow rateLimit.onStoreError ('memory': a local limiter at limit / instances; 'open': unlimited; 'closed': 503) until it answers again (logged once per outage)",
   ERR_RATE_LIMIT_STORE_RECOVERED: 'Rate limiting is back on its shared store',

@@ -15,6 +15,12 @@ createStack({ rateLimit: { limt: 5 } });
 // @ts-expect-error 'limt' is not a rateLimit option
 app.get('/x', rateLimit({ limt: 5 }));
 
+// A misspelled postgres option, and a pool that is not one.
+// @ts-expect-error 'statmentTimeout' is not a postgres option
+createStack({ postgres: { url: 'postgres://localhost/app', statmentTimeout: '5s' } });
+// @ts-expect-error a pool has connect(), query() and end()
+createStack({ postgres: { pool: { query: () => undefined } } });
+
 // A value of the wrong type.
 // @ts-expect-error maxEventLoopUtilization is a share, not a string
 createStack({ loadShedding: { maxEventLoopUtilization: '98%' } });

@@ -20,6 +20,8 @@ import { rateLimit } from 'express-perimeter/rate-limit';
 const config: StackConfig = {
   ...configFromEnv({ LOG_LEVEL: 'warn', REDIS_URL: 'redis://localhost:6379' }),
   keyPrefix: 'shop:',
+  // Compiles without @types/pg: the published types describe the pool they need themselves.
+  postgres: { url: 'postgres://app@localhost:5432/app', tablePrefix: 'shop_', statementTimeout: '5s' },
   trustProxy: 1,
   logger: { level: 'info', format: 'json' },
   insert: [{ after: 'cors', name: 'session', handler: (_req, _res, next) => next() }],

@@ -1,4 +1,5 @@
 import { LRUCache } from 'lru-cache';
+import { PostgresCreditsStore } from '../postgres/credits-store';
 import type { MemoryStores } from './memory';
 import { perStores } from './per-stores';
 import type { RedisConnection } from './redis-connection';
@@ -10,10 +11,22 @@ export interface CreditsHistoryEntry {
   at: number;
   /** Change of the balance: negative for a spend, positive for a refund or a grant. */
   delta: number;
-  /** 'spend', 'refund', 'grant', 'set', or the reason given to `grant`. */
+  /** 'spend', 'refund', 'grant', 'set', 'initial' (PostgreSQL: the opening balance of a new account), or the reason given to `grant`. */
   reason: string;
   /** The request that spent or was refunded; null for run-time calls. */
   request_id: string | null;
+  /** PostgreSQL only: the ledger row's id, to page further with `{ before: id }`. */
+  id?: number;
+  /** PostgreSQL only: the balance right after this change. */
+  balance_after?: number;
+}
+
+/** Which ledger entries {@link CreditsStore.history} returns. */
+export interface CreditsHistoryOptions {
+  /** At most this many, newest first. Defaults to all kept (memory, Redis) or `historySize` (PostgreSQL). */
+  limit?: number;
+  /** PostgreSQL only: entries older than the one with this id (the last `id` of the previous page). */
+  before?: number;
 }
 
 /** Result of {@link CreditsStore.reserve}. */
@@ -46,7 +59,9 @@ export interface CreditsStore {
   /** The current balance, or `initial` for an account never seen. */
   balance(account: string, initial: number): Promise<number>;
   /** The last entries of the account's ledger, newest first. */
-  history(account: string): Promise<CreditsHistoryEntry[]>;
+  history(account: string, options?: CreditsHistoryOptions): Promise<CreditsHistoryEntry[]>;
+  /** Stops the store's timers and finishes its batched writes. */
+  close?(): Promise<void>;
 }
 
 /** Options of {@link creditsStore}. */
@@ -61,7 +76,7 @@ export interface CreditsStoreOptions {
   reservationTtlMs?: number;
 }
 
-/** Builds the credits store of a namespace on the stack's backend (memory or Redis). */
+/** Builds the credits store of a namespace on the stack's backend (memory or Redis, or PostgreSQL when the stack has it). */
 export function creditsStore(options: CreditsStoreOptions = {}): StoreFactory<CreditsStore> {
   const namespace = options.namespace ?? 'credits';
   const historySize = options.historySize ?? 20;
@@ -70,6 +85,10 @@ export function creditsStore(options: CreditsStoreOptions = {}): StoreFactory<Cr
   return {
     memory: (stores) => memoryState(stores, namespace, maxAccounts, historySize),
     redis: (connection) => new RedisCreditsStore(connection, namespace, historySize, reservationTtlMs),
+    // One per (database, namespace), like memory: its commit batches and sweeper are shared.
+    // Accounts are the ids themselves in the default namespace (API.md: no prefix), `namespace:id` in others.
+    postgres: (db) =>
+      perStores(db, `credits:${namespace}`, () => new PostgresCreditsStore(db, namespace === 'credits' ? '' : `${namespace}:`, historySize || 20, reservationTtlMs)),
   };
 }
 
@@ -139,9 +158,9 @@ class MemoryCreditsStore implements CreditsStore {
     return this.accounts.get(account)?.balance ?? initial;
   }
 
-  async history(account: string): Promise<CreditsHistoryEntry[]> {
+  async history(account: string, options: CreditsHistoryOptions = {}): Promise<CreditsHistoryEntry[]> {
     const entries = this.accounts.peek(account)?.history;
-    return entries === undefined ? [] : entries.slice().reverse();
+    return entries === undefined ? [] : entries.slice().reverse().slice(0, options.limit);
   }
 
   private open(account: string, initial: number): Account {
@@ -276,9 +295,9 @@ class RedisCreditsStore implements CreditsStore {
     return raw === null ? initial : Number(raw);
   }
 
-  async history(account: string): Promise<CreditsHistoryEntry[]> {
-    if (this.historySize === 0) return [];
-    const raw = await this.conn.run(() => this.conn.client.lrange(this.historyKey(account), 0, -1));
+  async history(account: string, options: CreditsHistoryOptions = {}): Promise<CreditsHistoryEntry[]> {
+    if (this.historySize === 0 || options.limit === 0) return [];
+    const raw = await this.conn.run(() => this.conn.client.lrange(this.historyKey(account), 0, options.limit === undefined ? -1 : options.limit - 1));
     return raw.map((line) => {
       const e = JSON.parse(line) as { at: number; delta: number; reason: string; request_id?: string | false };
       return { at: e.at, delta: e.delta, reason: e.reason, request_id: typeof e.request_id === 'string' && e.request_id !== '' ? e.request_id : null };

@@ -60,6 +60,11 @@ export interface KeyValueOptions {
 export interface StoreFactory<T> {
   memory(stores: import('./memory').MemoryStores): T;
   redis(connection: import('./redis-connection').RedisConnection, stores: import('./redis').RedisStores): T;
+  /**
+   * The durable store, for state that must survive a Redis flush (credit balances, audit records):
+   * used instead of the others when the stack has `postgres`. Features without one stay on Redis or memory.
+   */
+  postgres?(database: import('../postgres/database').PostgresDatabase, stores: Stores): T;
 }
 
 /**
@@ -68,7 +73,7 @@ export interface StoreFactory<T> {
  * one entry to {@link Stores.readiness}; memory stores contribute none (they are always ready).
  */
 export interface StoreReadiness {
-  /** Name of the check in `/health/ready` ('redis'). */
+  /** Name of the check in `/health/ready` ('redis', 'postgres'). */
   readonly name: string;
   /** True once the backend has been connected at least once (a Cluster: its slots known). */
   readonly connected: boolean;
@@ -98,4 +103,6 @@ export interface Stores {
   close(): Promise<void>;
   /** One readiness entry per backend these stores depend on; none (or absent) on memory. */
   readonly readiness?: readonly StoreReadiness[];
+  /** The stack's PostgreSQL when `postgres` is configured: {@link create} then prefers a factory's `postgres` builder. */
+  readonly postgres?: import('../postgres/database').PostgresDatabase;
 }
