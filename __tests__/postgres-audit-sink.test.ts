@@ -2,9 +2,10 @@ import { Agent } from 'node:http';
 import request from 'supertest';
 import { auditLog, createStack, readAuditRows, verifyAuditChain, verifyAuditTable, type Stack } from '../index';
 import { ConfigError } from '../lib/errors';
-import { loadExpress, newApp, recordingLogger } from './helpers/app';
+import { eventually, loadExpress, newApp, recordingLogger } from './helpers/app';
 import { auditRows, closeServer, gamesApp, listen, ONLY_AUDIT, post, withClient } from './helpers/audit-postgres';
 import { describePostgres, freshDatabase } from './helpers/postgres';
+import { freePort } from './helpers/redis-server';
 
 describePostgres('auditLog { postgres } sink (#15)', () => {
   let url: string;
@@ -117,6 +118,29 @@ describePostgres('auditLog { postgres } sink (#15)', () => {
     expect((await auditRows(url, 'alone_')).map((r) => r.record.resource_id)).toEqual([0, 1, 2]);
     const open = await withClient(url, (c) => c.query("SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'express-perimeter' AND datname = current_database()"));
     expect(open.rows).toEqual([{ n: 0 }]);
+  });
+
+  it("PostgreSQL unreachable: requests pass; overflow 'drop' counts and warns what the sink lost; close() logs the rest at error, with their content", async () => {
+    const { logger, lines } = recordingLogger();
+    const down = `postgres://someone@127.0.0.1:${await freePort()}/db`;
+    const created = createStack({
+      ...ONLY_AUDIT,
+      logger,
+      postgres: { url: down, statementTimeout: '200ms' },
+      auditLog: { sink: { postgres: true }, overflow: 'drop', maxQueue: 5, retryDelay: '50ms', closeTimeout: '300ms' },
+    });
+    stacks.push(created);
+    const app = gamesApp(created);
+    for (let n = 0; n < 8; n++) await request(app).post('/api/games').send({ n }).expect(201);
+    await eventually(() => expect(created.middleware.auditLog.stats()).toEqual([{ sink: 'postgres:perimeter_audit', queued: 5, written: 0, dropped: 3, failing: true }]));
+    expect(lines.filter((l) => l.code === 'ERR_AUDIT_RECORDS_DROPPED')).toEqual([expect.objectContaining({ level: 'warn', sink: 'postgres:perimeter_audit', max_queue: 5 })]);
+    expect(await created.metricsRegistry.getSingleMetricAsString('audit_records_dropped_total')).toMatch(/audit_records_dropped_total\{sink="postgres:perimeter_audit"\} 3/);
+
+    await created.close();
+    const undelivered = lines.filter((l) => l.code === 'ERR_AUDIT_UNDELIVERED');
+    expect(undelivered.map((l) => l.record.resource_id)).toEqual([0, 1, 2, 3, 4]);
+    expect(undelivered[0]).toMatchObject({ level: 'error', sink: 'postgres:perimeter_audit', record: { event: 'GAME_CREATED', action: 'POST /api/games' } });
+    expect(created.middleware.auditLog.stats()[0]).toMatchObject({ queued: 0, dropped: 8 });
   });
 
   it('refuses a misconfigured sink at startup, naming the option and the fix', () => {
