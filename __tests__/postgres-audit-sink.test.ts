@@ -84,14 +84,15 @@ describePostgres('auditLog { postgres } sink (#15)', () => {
     expect(await withClient(url, (client) => verifyAuditTable(client, { tablePrefix: `${how}_` }))).toMatchObject({ valid: true, count: 30 });
   }, 30_000);
 
-  it('stores what jsonb cannot hold (U+0000, a lone surrogate) as U+FFFD, and the row read back verifies', async () => {
+  it('stores what jsonb cannot hold (U+0000, a lone surrogate) as U+FFFD, everything else as it is, and the row read back verifies', async () => {
     const { stack: created } = stack('text_', { includeBody: true });
     const app = gamesApp(created);
     // JSON escapes, so the body really carries a NUL and an unpaired surrogate.
-    await request(app).post('/api/games').set('content-type', 'application/json').send('{"n":1,"note":"a\\u0000b","name":"x\\ud800y"}').expect(201);
+    await request(app).post('/api/games').set('content-type', 'application/json').send('{"n":1,"note":"a\\u0000b","name":"x\\ud800y","quote":"say \\"hi\\" \\\\ 😀 \\\\u0000"}').expect(201);
     await created.close();
     const [row] = await auditRows(url, 'text_');
-    expect(row.record.changes).toEqual({ n: 1, note: 'a\uFFFDb', name: 'x\uFFFDy' });
+    // Quotes, backslashes, a text that spells an escape and a character outside the BMP are kept as they are.
+    expect(row.record.changes).toEqual({ n: 1, note: 'a\uFFFDb', name: 'x\uFFFDy', quote: 'say "hi" \\ 😀 \\u0000' });
     expect(await withClient(url, (client) => verifyAuditTable(client, { tablePrefix: 'text_' }))).toMatchObject({ valid: true, count: 1 });
   });
 
