@@ -23,8 +23,10 @@ describePostgres('verifying the { postgres } audit table: verifyAuditTable, read
 
   /** Writes 20 records through the sink, in batches of 6, into `<prefix>audit`; resolves to the head. */
   async function writeTwenty(prefix: string): Promise<string> {
-    const db = new PostgresDatabase(parsePostgresOption({ url, tablePrefix: prefix }), { logger: recordingLogger().logger });
+    // A roomy timeout: a loaded machine can take seconds, and this writes the fixture, not the subject.
+    const db = new PostgresDatabase(parsePostgresOption({ url, tablePrefix: prefix, statementTimeout: '60s' }), { logger: recordingLogger().logger });
     try {
+      await db.whenSchema();
       const sink = new PostgresAuditSink(db, '0'.repeat(64), 'postgres');
       for (let from = 0; from < 20; from += 6) {
         const batch: AuditRecord[] = [];
