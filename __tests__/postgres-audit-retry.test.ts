@@ -92,7 +92,7 @@ describePostgres('{ postgres } sink retries: a batch is in the table once (#15)'
     const release = await holdChainLock(url, 'twice_audit');
     const batch = records(0, 4);
     const attempts = [sink.write(batch, 'batch-1'), sink.write(batch, 'batch-1')];
-    await eventually(async () => expect(await waitingOnLock(url)).toBe(2));
+    await eventually(async () => expect(await waitingOnLock(url)).toBe(2), 20_000);
     await release();
     await Promise.all(attempts);
     expect((await auditRows(url, 'twice_')).map((r) => r.record.resource_id)).toEqual([0, 1, 2, 3]);
@@ -125,7 +125,7 @@ describePostgres('{ postgres } sink retries: a batch is in the table once (#15)'
       const statuses = await Promise.all(Array.from({ length: 25 }, (_, n) => post(agent, `${base}/api/games`, { n })));
       expect(statuses.every((s) => s === 201)).toBe(true);
       // Several attempts of the first batch queue up behind the lock before it is released.
-      await eventually(async () => expect(await waitingOnLock(url)).toBeGreaterThanOrEqual(3));
+      await eventually(async () => expect(await waitingOnLock(url)).toBeGreaterThanOrEqual(3), 20_000);
       expect(lines.filter((l) => l.code === 'ERR_AUDIT_SINK_FAILED')).toEqual([expect.objectContaining({ sink: 'postgres:queue_audit' })]);
       await release();
       expect(await handler.flush('20s')).toBe(true);

@@ -17,16 +17,18 @@ describePostgres('auditLog { postgres } sink (#15)', () => {
     await Promise.all(stacks.splice(0).map((s) => s.close()));
   });
 
-  function stack(tablePrefix: string, audit: Record<string, unknown> = {}) {
+  function stack(tablePrefix: string, audit: Record<string, unknown> = {}, statementTimeout = '5s') {
     const log = recordingLogger();
-    const created = createStack({ ...ONLY_AUDIT, logger: log.logger, postgres: { url, tablePrefix }, auditLog: { sink: { postgres: true }, ...audit } });
+    const created = createStack({ ...ONLY_AUDIT, logger: log.logger, postgres: { url, tablePrefix, statementTimeout }, auditLog: { sink: { postgres: true }, ...audit } });
     stacks.push(created);
     return { stack: created, lines: log.lines };
   }
 
   it('200 concurrent writes from two instances (two pools) form one chain: exactly 200 rows, seq 1…200, valid', async () => {
-    // Small batches, so the two instances' transactions interleave many times.
-    const instances = [stack('two_', { batchSize: 5 }), stack('two_', { batchSize: 5 })];
+    // Small batches, so the two instances' transactions interleave many times. Roomy timeouts: on a
+    // loaded machine a wait for the lock may pass 5 s, which would be a failure this test does not test.
+    const audit = { batchSize: 5, writeTimeout: '60s' };
+    const instances = [stack('two_', audit, '30s'), stack('two_', audit, '30s')];
     await Promise.all(instances.map((i) => i.stack.ready()));
     const servers = await Promise.all(instances.map((i) => listen(gamesApp(i.stack))));
     const agent = new Agent({ keepAlive: true, maxSockets: Infinity });
@@ -61,7 +63,8 @@ describePostgres('auditLog { postgres } sink (#15)', () => {
   }, 120_000);
 
   it.each(['close', 'shutdown'] as const)('every record accepted before stack.%s() is in the table after it, though PostgreSQL held the writes back until then', async (how) => {
-    const { stack: created } = stack(`${how}_`);
+    // closeTimeout only bounds a failure: a loaded machine can take seconds to write 30 records.
+    const { stack: created } = stack(`${how}_`, { closeTimeout: '30s' });
     await created.ready();
     const { server, url: base } = await listen(gamesApp(created));
     if (how === 'shutdown') created.attach(server, { signals: [], exit: false });
@@ -133,7 +136,7 @@ describePostgres('auditLog { postgres } sink (#15)', () => {
     stacks.push(created);
     const app = gamesApp(created);
     for (let n = 0; n < 8; n++) await request(app).post('/api/games').send({ n }).expect(201);
-    await eventually(() => expect(created.middleware.auditLog.stats()).toEqual([{ sink: 'postgres:perimeter_audit', queued: 5, written: 0, dropped: 3, failing: true }]));
+    await eventually(() => expect(created.middleware.auditLog.stats()).toEqual([{ sink: 'postgres:perimeter_audit', queued: 5, written: 0, dropped: 3, failing: true }]), 20_000);
     expect(lines.filter((l) => l.code === 'ERR_AUDIT_RECORDS_DROPPED')).toEqual([expect.objectContaining({ level: 'warn', sink: 'postgres:perimeter_audit', max_queue: 5 })]);
     expect(await created.metricsRegistry.getSingleMetricAsString('audit_records_dropped_total')).toMatch(/audit_records_dropped_total\{sink="postgres:perimeter_audit"\} 3/);
 
