@@ -44,6 +44,8 @@ export { cache, type CacheOptions, type CacheHandler, type CacheMethods } from '
 export { auditLog, type AuditLogOptions, type AuditLogHandler, type AuditLogMethods, type AuditRecord, type AuditSinkOption, type AuditSinkFunction, type AuditSinkStats, type FileSinkOptions, type RedisStreamSinkOptions } from './middleware/audit-log';
 export { audit } from './middleware/audit';
 export { verifyAuditChain, type AuditChainResult, type VerifyAuditChainOptions } from './lib/audit/verify';
+export type { PostgresSinkOptions } from './lib/audit/sinks';
+export { readAuditRows, verifyAuditTable, auditRecordOfRow, type AuditQueryable, type AuditRowRecord, type ReadAuditRowsOptions, type VerifyAuditTableOptions, type AuditTableResult } from './lib/postgres/audit-table';
 export { circuitBreaker, Breaker, type CircuitBreakerOptions, type CircuitBreakerHandler, type CircuitBreakerFallbackResponse, type BreakerOptions, type BreakerState, type BreakerStats, type BreakerTransition } from './middleware/circuit-breaker';
 export { createBreaker, FunctionBreaker, type CreateBreakerOptions, type BreakerCallSignal } from './lib/breaker/create-breaker';
 export { retry, type RetryOptions } from './lib/retry';

@@ -18,7 +18,7 @@ export type { AuditSinkStats } from '../lib/audit/queue';
 
 /** Options of {@link auditLog}. */
 export interface AuditLogOptions {
-  /** Where records go: 'logger', `{ file }`, `{ redisStream, maxLen }`, a function, or an array of several. Defaults to 'logger'. */
+  /** Where records go: 'logger', `{ file }`, `{ redisStream, maxLen }`, `{ postgres }`, a function, or an array of several. Defaults to 'logger'. */
   sink?: AuditSinkOption | AuditSinkOption[];
   /** HTTP methods recorded (others pass after one set lookup). Defaults to ['POST', 'PUT', 'PATCH', 'DELETE']. */
   methods?: string[];

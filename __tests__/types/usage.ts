@@ -138,6 +138,11 @@ app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
   res.status(isHttpError(err) ? err.status : 500).end();
 });
 
+// The PostgreSQL audit sink, alone with a URL of its own, and its table verified with any pg-like client.
+app.use(P.auditLog({ sink: [{ postgres: 'postgres://app@localhost:5432/app', name: 'audit-db' }, { postgres: { url: 'postgres://a@h/db', tablePrefix: 'shop_' } }] }));
+const verified: Promise<P.AuditTableResult> = P.verifyAuditTable({ query: async () => ({ rows: [] }) }, { tablePrefix: 'shop_', pageSize: 500 });
+void verified.then((r) => expectTypeOf(r.seq).toEqualTypeOf<number | undefined>());
+
 const closing: Promise<void> = stack.close();
 
 export { asHandler, closing, handlers, order };

@@ -3,7 +3,7 @@ import { createInterface } from 'node:readline';
 import { ChainVerifier, type VerifyAuditChainOptions } from './verify';
 
 // This module and its imports run from the published bin without the rest of the package:
-// keep them to node built-ins and ./verify, ./chain (`migrate` loads its module, and pg, on demand).
+// keep them to node built-ins and ./verify, ./chain (`migrate` and `verify-audit --postgres` load their modules, and pg, on demand).
 
 /** Where the CLI writes. */
 export interface CliIo {
@@ -14,6 +14,7 @@ export interface CliIo {
 }
 
 const USAGE = `Usage: express-perimeter verify-audit <file.jsonl | -> [options]
+       express-perimeter verify-audit --postgres <url> [--table-prefix <p>]   (see verify-audit --postgres --help)
        express-perimeter migrate --postgres <url> [--table-prefix <p>]   (see migrate --help)
 
 Checks the hash chain of an audit log written with auditLog({ chain: true }).
@@ -38,6 +39,10 @@ export async function main(args: string[], io: CliIo = { stdout: process.stdout,
   if (command === 'migrate') {
     const { migrateMain } = await import('../postgres/migrate-cli');
     return migrateMain(rest, io);
+  }
+  if (command === 'verify-audit' && rest.includes('--postgres')) {
+    const { verifyAuditTableMain } = await import('../postgres/verify-audit-cli');
+    return verifyAuditTableMain(rest, io);
   }
   if (command !== 'verify-audit') {
     io.stderr.write(`express-perimeter: unknown command '${command}'\n\n${USAGE}`);

@@ -4,12 +4,16 @@ import { basename, dirname, resolve } from 'node:path';
 import { ConfigError } from '../errors';
 import type { Logger } from '../logger';
 import { nearest } from '../options';
+import { PostgresDatabase } from '../postgres/database';
+import { parsePostgresOption } from '../postgres/options';
+import type { PostgresOption } from '../postgres/types';
 import { auditStreamStore, type AuditStreamStore, type StreamEntry } from '../stores/audit-chain-store';
 import { RedisStores } from '../stores/redis';
 import type { RedisOption } from '../stores/redis-connection';
 import type { Stores } from '../stores/types';
 import { describe } from '../units';
 import { isHash, linkRecords, type ChainHead } from './chain';
+import { PostgresAuditSink } from './postgres-sink';
 import type { AuditRecord } from './record';
 
 /** A function sink: called once per record, in order; a throw or a rejection is retried. */
@@ -39,8 +43,24 @@ export interface RedisStreamSinkOptions {
   name?: string;
 }
 
+/**
+ * The `{ postgres }` sink: rows of `<tablePrefix>audit`, each batch hash-chained and inserted in one
+ * transaction under the table's advisory lock, so every instance extends one chain. Always chained
+ * (the table requires `hash` and `prev_hash`), whatever `auditLog.chain` says.
+ */
+export interface PostgresSinkOptions {
+  /**
+   * `true`: the stack's `postgres` (its pool, `tablePrefix` and `statementTimeout`). Or a URL, a
+   * `pg.Pool` or `{ url | pool, tablePrefix, statementTimeout }` of the sink's own (required when
+   * auditLog is used without createStack(); a pool the sink opens is closed by `close()`).
+   */
+  postgres: true | PostgresOption;
+  /** Name in metrics and logs. Defaults to 'postgres:<table>'. */
+  name?: string;
+}
+
 /** One sink of `auditLog({ sink })`. */
-export type AuditSinkOption = 'logger' | FileSinkOptions | RedisStreamSinkOptions | AuditSinkFunction;
+export type AuditSinkOption = 'logger' | FileSinkOptions | RedisStreamSinkOptions | PostgresSinkOptions | AuditSinkFunction;
 
 /** Thrown by a sink that wrote the first `written` records of a batch before failing, so only the rest is retried. */
 export class PartialWriteError extends Error {
@@ -65,7 +85,7 @@ export interface AuditSink {
 
 /** What building sinks needs from the middleware. */
 export interface SinkContext {
-  /** The stack's stores (for `{ redisStream }` without its own `redis`), when built by createStack. */
+  /** The stack's stores (for `{ redisStream }` without its own `redis`, and `{ postgres: true }`), when built by createStack. */
   stores?: Stores;
   /** The logger of the 'logger' sink, resolved when the first record is written. */
   logger: () => Logger;
@@ -76,12 +96,17 @@ export interface SinkContext {
   writeTimeout: number;
 }
 
-/** Validates `auditLog.sink` at setup and builds the sinks; stores opened for a sink's own `redis` are returned to be closed. */
-export function buildSinks(option: unknown, ctx: SinkContext): { sinks: AuditSink[]; owned: Stores[] } {
+/** What a sink opened for itself (its own Redis, its own PostgreSQL pool), closed with the audit log. */
+export interface OwnedConnection {
+  close(): Promise<void>;
+}
+
+/** Validates `auditLog.sink` at setup and builds the sinks; connections opened for a sink's own `redis` or `postgres` are returned to be closed. */
+export function buildSinks(option: unknown, ctx: SinkContext): { sinks: AuditSink[]; owned: OwnedConnection[] } {
   const list = Array.isArray(option) ? option : [option];
-  if (list.length === 0) throw new ConfigError('auditLog.sink', "expected at least one sink: 'logger', { file }, { redisStream } or a function");
+  if (list.length === 0) throw new ConfigError('auditLog.sink', "expected at least one sink: 'logger', { file }, { redisStream }, { postgres } or a function");
   const sinks: AuditSink[] = [];
-  const owned: Stores[] = [];
+  const owned: OwnedConnection[] = [];
   const names = new Set<string>();
   try {
     list.forEach((item, i) => {
@@ -101,9 +126,10 @@ export function buildSinks(option: unknown, ctx: SinkContext): { sinks: AuditSin
   return { sinks, owned };
 }
 
-const SINK_HINT = "'logger', { file: 'audit.jsonl' }, { redisStream: 'audit' } or a function (record) => void";
+const SINK_HINT = "'logger', { file: 'audit.jsonl' }, { redisStream: 'audit' }, { postgres: true } or a function (record) => void";
+const SINK_KINDS = ['file', 'redisStream', 'postgres'];
 
-function buildSink(item: unknown, at: string, ctx: SinkContext, owned: Stores[]): AuditSink {
+function buildSink(item: unknown, at: string, ctx: SinkContext, owned: OwnedConnection[]): AuditSink {
   if (item === 'logger') return new LoggerSink(ctx.logger);
   if (typeof item === 'function') return new FunctionSink(item as AuditSinkFunction);
   if (typeof item === 'string') {
@@ -112,7 +138,7 @@ function buildSink(item: unknown, at: string, ctx: SinkContext, owned: Stores[])
   }
   if (item === null || typeof item !== 'object') throw new ConfigError(at, `expected ${SINK_HINT}, got ${describe(item)}`);
   const o = item as Record<string, unknown>;
-  if ('file' in o && 'redisStream' in o) throw new ConfigError(at, 'give one of file or redisStream per sink; list several sinks in an array');
+  if (SINK_KINDS.filter((kind) => kind in o).length > 1) throw new ConfigError(at, 'give one of file, redisStream or postgres per sink; list several sinks in an array');
   if ('file' in o) {
     onlyKeys(o, ['file', 'fsync', 'name'], at);
     if (typeof o.file !== 'string' || o.file.trim() === '') throw new ConfigError(`${at}.file`, `expected a file path like 'audit.jsonl', got ${describe(o.file)}`);
@@ -150,8 +176,28 @@ function buildSink(item: unknown, at: string, ctx: SinkContext, owned: Stores[])
     }
     return new RedisStreamSink(store, ctx, name(o.name, `redisStream:${stream}`, at));
   }
-  const near = nearest(Object.keys(o)[0] ?? '', ['file', 'redisStream']);
+  if ('postgres' in o) {
+    onlyKeys(o, ['postgres', 'name'], at);
+    const database = o.postgres === true ? ctx.stores?.postgres : openPostgres(o.postgres, `${at}.postgres`, ctx, owned);
+    if (database === undefined) {
+      throw new ConfigError(
+        `${at}.postgres`,
+        'postgres: true writes to the stack\'s PostgreSQL: pass postgres to createStack() (createStack({ postgres: process.env.DATABASE_URL, auditLog: { sink: { postgres: true } } })), or give the sink its own { postgres: process.env.DATABASE_URL }',
+      );
+    }
+    return new PostgresAuditSink(database, ctx.genesis, name(o.name, `postgres:${database.tables.audit}`, at));
+  }
+  const near = nearest(Object.keys(o)[0] ?? '', SINK_KINDS);
   throw new ConfigError(at, `expected ${SINK_HINT}${near ? `; did you mean '${near}'?` : ''}`);
+}
+
+function openPostgres(value: unknown, option: string, ctx: SinkContext, owned: OwnedConnection[]): PostgresDatabase {
+  if (value === false || value === undefined || value === null) {
+    throw new ConfigError(option, `expected true (the stack's postgres), a URL, a pg.Pool or { url | pool, tablePrefix, statementTimeout }, got ${describe(value)}`);
+  }
+  const database = new PostgresDatabase(parsePostgresOption(value as PostgresOption, option), { logger: ctx.setupLogger });
+  owned.push(database);
+  return database;
 }
 
 function onlyKeys(o: Record<string, unknown>, known: string[], at: string): void {
