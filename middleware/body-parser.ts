@@ -1,8 +1,7 @@
 import type { RequestHandler } from 'express';
 import bodyParserPackage from 'body-parser';
 import { bindToContext } from '../lib/context';
-import { checkOptions } from '../lib/options';
-import { parseBytes } from '../lib/units';
+import { bytes, defineOptions, passThrough } from '../lib/options';
 import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link bodyParser}. */
@@ -15,20 +14,27 @@ export interface BodyParserOptions {
   limit?: number | string;
 }
 
+// Every option of bodyParser() once: its default and its check (the interface's JSDoc is its doc).
+// `json` and `urlencoded` are body-parser's own options, which it checks itself.
+const parseOptions = defineOptions<BodyParserOptions>()('bodyParser', {
+  json: passThrough<boolean | bodyParserPackage.OptionsJson>("true, false or body-parser's json options"),
+  urlencoded: passThrough<boolean | bodyParserPackage.OptionsUrlencoded>("true, false or body-parser's urlencoded options"),
+  limit: bytes('1mb'),
+});
+
 /**
  * JSON and urlencoded body parsing (body-parser) with the size limit enforced while streaming.
  * Malformed JSON → 400 INVALID_JSON; too large → 413 PAYLOAD_TOO_LARGE.
  */
 export function bodyParser(options?: BodyParserOptions): PerimeterHandler;
 export function bodyParser(options: BodyParserOptions = {}): RequestHandler {
-  checkOptions('bodyParser', options, ['json', 'urlencoded', 'limit']);
-  const limit = parseBytes(options.limit ?? '1mb', 'bodyParser.limit');
+  const { json, urlencoded, limit } = parseOptions(options);
   const parsers: RequestHandler[] = [];
-  if (options.json !== false) {
-    parsers.push(bodyParserPackage.json({ limit, ...(typeof options.json === 'object' ? options.json : {}) }));
+  if (json !== false) {
+    parsers.push(bodyParserPackage.json({ limit, ...(typeof json === 'object' ? json : {}) }));
   }
-  if (options.urlencoded !== false) {
-    parsers.push(bodyParserPackage.urlencoded({ limit, extended: false, parameterLimit: 1000, ...(typeof options.urlencoded === 'object' ? options.urlencoded : {}) }));
+  if (urlencoded !== false) {
+    parsers.push(bodyParserPackage.urlencoded({ limit, extended: false, parameterLimit: 1000, ...(typeof urlencoded === 'object' ? urlencoded : {}) }));
   }
   return function bodyParserMiddleware(req, res, next) {
     // Bodyless requests skip the parsers entirely.
