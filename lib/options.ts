@@ -126,6 +126,9 @@ export interface OptionsParser<O, T> {
   readonly table: T;
 }
 
+/** Every key of an options type, including each member's of a union (helmet's `hsts` | `strictTransportSecurity`). */
+type OptionKey<O> = O extends unknown ? keyof O : never;
+
 const tables = new Map<string, Record<string, Option<unknown>>>();
 
 /**
@@ -136,9 +139,9 @@ const tables = new Map<string, Record<string, Option<unknown>>>();
  * a non-object and unknown keys ("did you mean"), then runs every row.
  */
 export function defineOptions<O extends object>() {
-  return function table<const T extends { readonly [K in keyof Required<O>]: Option<unknown> }>(
+  return function table<const T extends { readonly [K in OptionKey<O>]-?: Option<unknown> }>(
     factory: string,
-    rows: T & Record<Exclude<keyof T, keyof O>, never>,
+    rows: T & Record<Exclude<keyof T, OptionKey<O>>, never>,
   ): OptionsParser<O, T> {
     const entries = Object.entries(rows as Record<string, Option<unknown>>);
     const known = entries.map(([key]) => key);
