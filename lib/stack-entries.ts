@@ -8,7 +8,7 @@ import { createCache } from '../middleware/cache';
 import { createCircuitBreaker } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
 import { credits } from '../middleware/credits';
-import { createHealth } from '../middleware/health';
+import { stackHealth } from '../middleware/health';
 import { createFeatureFlags } from '../middleware/feature-flags';
 import { rateLimit } from '../middleware/rate-limit';
 import { stackIdempotency } from '../middleware/idempotency';
@@ -102,7 +102,7 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   metrics: { name: 'metrics', defaultOn: true, build: (o, { runtime }) => createMetrics(o, runtime.registry) },
   // Right after metrics (probes are counted) and before everything that could refuse, delay or record
   // a probe; it answers without calling the rest of the chain. Its readiness includes the stack's stores.
-  health: { name: 'health', defaultOn: true, build: (o, { runtime }) => createHealth(o, runtime) },
+  health: { name: 'health', defaultOn: true, build: stackHealth },
   // Its headers are set as the request enters the stack (onEntry), so the answers of metrics and
   // health, which come before its place, carry them too.
   securityHeaders: { name: 'securityHeaders', defaultOn: true, build: (o) => stackSecurityHeaders(o) },
