@@ -1,4 +1,5 @@
 import { ConfigError } from './errors';
+import type { Logger } from './logger';
 import type { Stores } from './stores/types';
 import { describe, parseBytes, parseDuration } from './units';
 
@@ -312,4 +313,25 @@ export function storesOption(): Option<Stores | undefined> {
 /** A value the factory checks itself (a logger, a nested object); taken as given here. */
 export function passThrough<T>(accepts: string): Option<T | undefined> {
   return option(accepts, (value) => value as T | undefined);
+}
+
+/** A non-empty array of HTTP methods, upper-cased into a set. */
+export function httpMethods(fallback: readonly string[]): Option<Set<string>> {
+  const example = `[${fallback.map((m) => `'${m}'`).join(', ')}]`;
+  return withDefault(`HTTP methods like ${example}`, fallback, (value, path) => {
+    if (!Array.isArray(value) || value.length === 0 || value.some((m) => typeof m !== 'string' || !/^[A-Za-z]+$/.test(m))) {
+      throw new ConfigError(path, `expected a non-empty array of HTTP methods like ${example}, got ${describe(value)}`);
+    }
+    return new Set((value as string[]).map((m) => m.toUpperCase()));
+  });
+}
+
+/** A logger (winston, or anything with its debug/info/warn/error methods). */
+export function loggerOption(): Option<Logger | undefined> {
+  return maybe('a winston logger', undefined, (value, path) => {
+    if (typeof value !== 'object' || value === null || typeof (value as Logger).info !== 'function') {
+      throw new ConfigError(path, `expected a winston logger, got ${describe(value)}`);
+    }
+    return value as Logger;
+  });
 }

@@ -2,7 +2,7 @@ import type { RequestHandler } from 'express';
 import type { StackConfig } from './create-stack';
 import type { PerimeterRuntime } from './runtime';
 import { auth } from '../middleware/auth';
-import { createAuditLog } from '../middleware/audit-log';
+import { stackAuditLog } from '../middleware/audit-log';
 import { bodyParser } from '../middleware/body-parser';
 import { createCache } from '../middleware/cache';
 import { createCircuitBreaker } from '../middleware/circuit-breaker';
@@ -130,7 +130,7 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   sanitize: { name: 'sanitize', defaultOn: true, build: (o) => sanitize(o) },
   // After the limiters and sanitize (a refused request ran no write), before the routes; the logger sink by
   // default, the stack's Redis for { redisStream }; stack.close() flushes its queue.
-  auditLog: { name: 'auditLog', defaultOn: true, build: (o, { runtime }) => createAuditLog(o, runtime) },
+  auditLog: { name: 'auditLog', defaultOn: true, build: stackAuditLog },
   // 30 s by default; a route-level timeout() replaces the deadline for its route.
   timeout: { name: 'timeout', defaultOn: true, build: (o) => timeout(o) },
   // Off until configured; after auth (the token's tenant claim is known) and before the limiters (keys join the tenant).

@@ -4,7 +4,7 @@ import { ConfigError } from '../lib/errors';
 import { markProbe } from '../lib/lifecycle/probe';
 import { Readiness, type NamedCheck, type ReadinessReport } from '../lib/lifecycle/readiness';
 import type { Logger } from '../lib/logger';
-import { defineOptions, flag, option, passThrough, positiveDuration } from '../lib/options';
+import { defineOptions, flag, loggerOption, option, passThrough, positiveDuration } from '../lib/options';
 import type { PerimeterRuntime } from '../lib/runtime';
 import type { EntryContext } from '../lib/stack-entries';
 import { describe, parseDuration } from '../lib/units';
@@ -62,7 +62,7 @@ const parseOptions = defineOptions<HealthOptions>()('health', {
   timeout: positiveDuration('2s'),
   cacheFor: option("a duration of at most '1s'", cacheDuration, "'1s'"),
   exposeErrors: flag(),
-  logger: passThrough<Logger>('a logger with debug, info, warn and error'),
+  logger: loggerOption(),
 });
 const LIVE_BODY = '{"status":"ok"}';
 const MAX_CACHE_MS = 1000;

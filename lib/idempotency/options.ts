@@ -1,7 +1,7 @@
 import type { Request } from 'express';
 import type { IdempotencyOptions } from '../../middleware/idempotency';
 import { ConfigError } from '../errors';
-import { bytes, callback, choice, count, defineOptions, flag, headerName, namespace, option, passThrough, positiveDuration, storesOption } from '../options';
+import { bytes, callback, choice, count, defineOptions, flag, headerName, httpMethods, namespace, option, passThrough, positiveDuration, storesOption } from '../options';
 import type { RedisOption } from '../stores/redis-connection';
 import type { Stores } from '../stores/types';
 import { describe } from '../units';
@@ -36,12 +36,11 @@ export interface IdempotencyConfig {
 /** The lock of a request when neither `lockTtl` nor a stack's timeout says otherwise. */
 export const DEFAULT_LOCK_TTL_MS = 60_000;
 const MS_PER_SECOND = 1000;
-const METHOD = /^[A-Z]+$/;
 
 // Every option of idempotency() once: its default and its check (the interface's JSDoc is its doc).
 const parseOptions = defineOptions<IdempotencyOptions>()('idempotency', {
   header: headerName('Idempotency-Key'),
-  methods: option("HTTP methods like ['POST', 'PATCH']", methodList, "['POST', 'PATCH']"),
+  methods: httpMethods(['POST', 'PATCH']),
   required: flag(false),
   ttl: positiveDuration('24h'),
   lockTtl: positiveDuration(DEFAULT_LOCK_TTL_MS),
@@ -95,14 +94,6 @@ export function parseIdempotencyOptions(options: IdempotencyOptions): Idempotenc
     stores: p.stores,
     redis: p.redis,
   };
-}
-
-function methodList(value: unknown, path: string): Set<string> {
-  value ??= ['POST', 'PATCH'];
-  if (!Array.isArray(value) || value.length === 0 || value.some((m) => typeof m !== 'string' || !METHOD.test(m.toUpperCase()))) {
-    throw new ConfigError(path, `expected a non-empty array of HTTP methods like ['POST', 'PATCH'], got ${describe(value)}`);
-  }
-  return new Set((value as string[]).map((m) => m.toUpperCase()));
 }
 
 function statusList(value: unknown, path: string): Set<number> {
