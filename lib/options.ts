@@ -120,9 +120,12 @@ export interface OptionDescription {
   default: string | undefined;
 }
 
-/** Turns a factory's options into its settings; the table is reachable for docs. */
+/**
+ * Turns a factory's options into its settings; the table is reachable for docs. `at` names a
+ * nested object's place in messages when it differs from the table's name (`ipFilter.paths['/a']`).
+ */
 export interface OptionsParser<O, T> {
-  (options: O | undefined): ParsedOptions<T>;
+  (options: O | undefined, at?: string): ParsedOptions<T>;
   readonly factory: string;
   readonly table: T;
 }
@@ -147,10 +150,10 @@ export function defineOptions<O extends object>() {
     const entries = Object.entries(rows as Record<string, Option<unknown>>);
     const known = entries.map(([key]) => key);
     tables.set(factory, rows as Record<string, Option<unknown>>);
-    const parse = (options: O | undefined): ParsedOptions<T> => {
-      const given = checkOptions(factory, options, known) as Record<string, unknown>;
+    const parse = (options: O | undefined, at = factory): ParsedOptions<T> => {
+      const given = checkOptions(at, options, known) as Record<string, unknown>;
       const parsed: Record<string, unknown> = {};
-      for (const [key, row] of entries) parsed[key] = row.parse(given[key], `${factory}.${key}`);
+      for (const [key, row] of entries) parsed[key] = row.parse(given[key], `${at}.${key}`);
       return parsed as ParsedOptions<T>;
     };
     return Object.assign(parse, { factory, table: rows as T });

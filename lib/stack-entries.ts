@@ -12,7 +12,7 @@ import { stackHealth } from '../middleware/health';
 import { createFeatureFlags } from '../middleware/feature-flags';
 import { rateLimit } from '../middleware/rate-limit';
 import { stackIdempotency } from '../middleware/idempotency';
-import { createIpFilter } from '../middleware/ip-filter';
+import { stackIpFilter } from '../middleware/ip-filter';
 import { createMetrics } from '../middleware/metrics';
 import { requestId } from '../middleware/request-id';
 import { requestLogger } from '../middleware/request-logger';
@@ -110,7 +110,7 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   // Off until configured; the stack's logger receives its setup warnings (weak JWT secret).
   auth: { name: 'auth', defaultOn: false, build: (o, { runtime }) => auth({ logger: runtime.logger, ...o }) },
   // On with no rules: it then only enforces run-time blocks, so stack.middleware.ipFilter.block() works out of the box.
-  ipFilter: { name: 'ipFilter', defaultOn: true, build: (o, { runtime }) => createIpFilter(o, runtime) },
+  ipFilter: { name: 'ipFilter', defaultOn: true, build: stackIpFilter },
   // 100 per minute per client by default. The fixed 'stack' namespace keeps the stack's counts apart
   // from route-level limiters and shared by every instance, whatever order limiters are created in.
   rateLimit: { name: 'rateLimit', defaultOn: true, build: (o) => rateLimit({ prefix: 'stack', ...o }) },
