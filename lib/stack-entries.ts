@@ -5,7 +5,7 @@ import { auth } from '../middleware/auth';
 import { stackAuditLog } from '../middleware/audit-log';
 import { bodyParser } from '../middleware/body-parser';
 import { createCache } from '../middleware/cache';
-import { createCircuitBreaker } from '../middleware/circuit-breaker';
+import { stackCircuitBreaker } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
 import { credits } from '../middleware/credits';
 import { stackHealth } from '../middleware/health';
@@ -140,7 +140,7 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   // On by default with no ttl: ETag/304 only. Bound to the stack, so stack.middleware.cache.invalidate() acts on its stores.
   cache: { name: 'cache', defaultOn: true, build: (o, { runtime }) => createCache(o, runtime) },
   // Off until configured: one breaker for the whole stack, named 'stack' (it runs before routing, so it cannot tell routes apart; per-route breakers go on the routes).
-  circuitBreaker: { name: 'circuitBreaker', defaultOn: false, build: (o, { runtime }) => createCircuitBreaker({ name: 'stack', ...o }, runtime) },
+  circuitBreaker: { name: 'circuitBreaker', defaultOn: false, build: stackCircuitBreaker },
   bodyParser: {
     name: 'bodyParser',
     defaultOn: true,
