@@ -9,7 +9,7 @@ import { stackCircuitBreaker } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
 import { credits } from '../middleware/credits';
 import { stackHealth } from '../middleware/health';
-import { createFeatureFlags } from '../middleware/feature-flags';
+import { stackFeatureFlags } from '../middleware/feature-flags';
 import { rateLimit } from '../middleware/rate-limit';
 import { stackIdempotency } from '../middleware/idempotency';
 import { stackIpFilter } from '../middleware/ip-filter';
@@ -136,7 +136,7 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   // Off until configured; after auth (the token's tenant claim is known) and before the limiters (keys join the tenant).
   tenant: { name: 'tenant', defaultOn: false, build: (o) => tenant(o) },
   // Off until configured; bound to the stack's stores (source 'redis') and logger, so stack.middleware.featureFlags.set() works at once.
-  featureFlags: { name: 'featureFlags', defaultOn: false, build: (o, { runtime }) => createFeatureFlags(o, runtime) },
+  featureFlags: { name: 'featureFlags', defaultOn: false, build: stackFeatureFlags },
   // On by default with no ttl: ETag/304 only. Bound to the stack, so stack.middleware.cache.invalidate() acts on its stores.
   cache: { name: 'cache', defaultOn: true, build: (o, { runtime }) => createCache(o, runtime) },
   // Off until configured: one breaker for the whole stack, named 'stack' (it runs before routing, so it cannot tell routes apart; per-route breakers go on the routes).
