@@ -1,16 +1,16 @@
 import type { RequestHandler } from 'express';
 import type { StackConfig } from './create-stack';
 import type { PerimeterRuntime } from './runtime';
-import { auth } from '../middleware/auth';
+import { stackAuth } from '../middleware/auth';
 import { stackAuditLog } from '../middleware/audit-log';
-import { bodyParser } from '../middleware/body-parser';
-import { createCache } from '../middleware/cache';
+import { stackBodyParser } from '../middleware/body-parser';
+import { stackCache } from '../middleware/cache';
 import { stackCircuitBreaker } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
 import { credits } from '../middleware/credits';
 import { stackHealth } from '../middleware/health';
 import { stackFeatureFlags } from '../middleware/feature-flags';
-import { rateLimit } from '../middleware/rate-limit';
+import { stackRateLimit } from '../middleware/rate-limit';
 import { stackIdempotency } from '../middleware/idempotency';
 import { stackIpFilter } from '../middleware/ip-filter';
 import { createMetrics } from '../middleware/metrics';
@@ -18,7 +18,7 @@ import { requestId } from '../middleware/request-id';
 import { requestLogger } from '../middleware/request-logger';
 import { sanitize } from '../middleware/sanitize';
 import { stackSecurityHeaders } from '../middleware/security-headers';
-import { sizeLimitCeiling, stackSizeLimit } from '../middleware/size-limit';
+import { stackSizeLimit } from '../middleware/size-limit';
 import { tenant } from '../middleware/tenant';
 import { timeout } from '../middleware/timeout';
 
@@ -94,7 +94,13 @@ export type StackEntryName = (typeof STACK_ORDER)[number];
 /** The options object a config key takes (`true` and `false` are settled by createStack). */
 export type StackEntryOptions<K extends StackEntryName> = Exclude<NonNullable<StackConfig[K]>, boolean>;
 
-/** The entries this version provides, keyed by name. */
+/**
+ * The entries this version provides, keyed by name. One convention: an entry is built by its
+ * public factory `x(options)` when the stack adds nothing, else by its module's internal
+ * `stackX(options, ctx)`, which says what the stack changes (its stores, logger, neighbours'
+ * options) beside the code it changes. Route-level factories behind a stack find it per request
+ * (`perRuntime`). metrics and credits still wire inline.
+ */
 export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOptions<K>> } = {
   requestId: { name: 'requestId', defaultOn: true, build: (o) => requestId(o) },
   requestLogger: { name: 'requestLogger', defaultOn: true, build: (o) => requestLogger(o) },
@@ -105,19 +111,17 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   health: { name: 'health', defaultOn: true, build: stackHealth },
   // Its headers are set as the request enters the stack (onEntry), so the answers of metrics and
   // health, which come before its place, carry them too.
-  securityHeaders: { name: 'securityHeaders', defaultOn: true, build: (o) => stackSecurityHeaders(o) },
+  securityHeaders: { name: 'securityHeaders', defaultOn: true, build: stackSecurityHeaders },
   cors: { name: 'cors', defaultOn: false, build: (o) => cors(o) },
-  // Off until configured; the stack's logger receives its setup warnings (weak JWT secret).
-  auth: { name: 'auth', defaultOn: false, build: (o, { runtime }) => auth({ logger: runtime.logger, ...o }) },
+  // Off until configured.
+  auth: { name: 'auth', defaultOn: false, build: stackAuth },
   // On with no rules: it then only enforces run-time blocks, so stack.middleware.ipFilter.block() works out of the box.
   ipFilter: { name: 'ipFilter', defaultOn: true, build: stackIpFilter },
-  // 100 per minute per client by default. The fixed 'stack' namespace keeps the stack's counts apart
-  // from route-level limiters and shared by every instance, whatever order limiters are created in.
-  rateLimit: { name: 'rateLimit', defaultOn: true, build: (o) => rateLimit({ prefix: 'stack', ...o }) },
+  rateLimit: { name: 'rateLimit', defaultOn: true, build: stackRateLimit },
   // Off until configured. After auth, tenant and the limiters (a replay is a request like any other for
   // them, and the caller who owns the key is known), before credits and everything after (a replay
   // runs none of it, so nothing is charged twice). Its lock outlives the stack's timeout.
-  idempotency: { name: 'idempotency', defaultOn: false, build: (o, { config }) => stackIdempotency(o, config.timeout) },
+  idempotency: { name: 'idempotency', defaultOn: false, build: stackIdempotency },
   credits: {
     name: 'credits',
     defaultOn: false,
@@ -125,7 +129,7 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
     build: (o, { runtime }) => credits(o.stores === undefined && o.redis === undefined ? { ...o, stores: runtime.stores } : o),
   },
   // 1 MB by default; with tiers it also places a check right after auth (see StackExtra).
-  sizeLimit: { name: 'sizeLimit', defaultOn: true, build: (o, { config }) => stackSizeLimit(o, config.bodyParser) },
+  sizeLimit: { name: 'sizeLimit', defaultOn: true, build: stackSizeLimit },
   // After auth and the limiters (rejected requests are not scanned), before routing: params are scanned by a route-level sanitize().
   sanitize: { name: 'sanitize', defaultOn: true, build: (o) => sanitize(o) },
   // After the limiters and sanitize (a refused request ran no write), before the routes; the logger sink by
@@ -138,18 +142,8 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   // Off until configured; bound to the stack's stores (source 'redis') and logger, so stack.middleware.featureFlags.set() works at once.
   featureFlags: { name: 'featureFlags', defaultOn: false, build: stackFeatureFlags },
   // On by default with no ttl: ETag/304 only. Bound to the stack, so stack.middleware.cache.invalidate() acts on its stores.
-  cache: { name: 'cache', defaultOn: true, build: (o, { runtime }) => createCache(o, runtime) },
+  cache: { name: 'cache', defaultOn: true, build: stackCache },
   // Off until configured: one breaker for the whole stack, named 'stack' (it runs before routing, so it cannot tell routes apart; per-route breakers go on the routes).
   circuitBreaker: { name: 'circuitBreaker', defaultOn: false, build: stackCircuitBreaker },
-  bodyParser: {
-    name: 'bodyParser',
-    defaultOn: true,
-    build: (o, { config }) => {
-      const size = config.sizeLimit;
-      // sizeLimit counts exactly (per tier, per route); this is the backstop, at the largest limit
-      // sizeLimit allows before the tier is known (it also bounds gzip bodies once inflated).
-      const max = size && typeof size === 'object' ? sizeLimitCeiling(size) : undefined;
-      return bodyParser({ ...o, limit: o.limit ?? max ?? '1mb' });
-    },
-  },
+  bodyParser: { name: 'bodyParser', defaultOn: true, build: stackBodyParser },
 };

@@ -10,6 +10,7 @@ import { callback, checkCallback, count, defineOptions, duration, flag, headerNa
 import { perRuntime, runtimeOf } from '../lib/runtime';
 import { describe } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
+import type { EntryContext } from '../lib/stack-entries';
 import type { PerimeterHandler } from '../types/express-augment';
 
 export type { ApiKeyEntry, ApiKeyLookup, ApiKeyLookupResult } from '../lib/api-keys';
@@ -106,6 +107,11 @@ export function auth(options: AuthOptions = {}): RequestHandler {
   return function authMiddleware(req, _res, next) {
     authenticator.authenticate(req, next);
   };
+}
+
+/** @internal The stack's auth (createStack builds it): setup warnings (a weak JWT secret) go to the stack's logger. */
+export function stackAuth(options: AuthOptions, { runtime }: EntryContext): RequestHandler {
+  return auth({ logger: runtime.logger, ...options });
 }
 
 /** Who a request turned out to be, as `req.auth`, `req.user` and `req.apiKey` show it. */

@@ -2,7 +2,9 @@ import type { RequestHandler } from 'express';
 import bodyParserPackage from 'body-parser';
 import { bindToContext } from '../lib/context';
 import { bytes, defineOptions, passThrough } from '../lib/options';
+import type { EntryContext } from '../lib/stack-entries';
 import type { PerimeterHandler } from '../types/express-augment';
+import { sizeLimitCeiling } from './size-limit';
 
 /** Options of {@link bodyParser}. */
 export interface BodyParserOptions {
@@ -50,4 +52,15 @@ export function bodyParser(options: BodyParserOptions = {}): RequestHandler {
     };
     step();
   };
+}
+
+/**
+ * @internal The stack's bodyParser (createStack builds it). sizeLimit counts exactly (per tier,
+ * per route); this is the backstop, at the largest limit sizeLimit allows before the tier is known
+ * (it also bounds gzip bodies once inflated).
+ */
+export function stackBodyParser(options: BodyParserOptions, { config }: EntryContext): RequestHandler {
+  const size = config.sizeLimit;
+  const max = size && typeof size === 'object' ? sizeLimitCeiling(size) : undefined;
+  return bodyParser({ ...options, limit: options.limit ?? max ?? '1mb' });
 }

@@ -133,6 +133,15 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
   };
 }
 
+/**
+ * @internal The stack's limiter (createStack builds it): 100 per minute per client by default. The
+ * fixed 'stack' namespace keeps the stack's counts apart from route-level limiters and shared by
+ * every instance, whatever order limiters are created in.
+ */
+export function stackRateLimit(options: RateLimitOptions): RequestHandler {
+  return rateLimit({ prefix: 'stack', ...options });
+}
+
 /** One request on its way through a limiter. */
 interface Attempt {
   req: Request;

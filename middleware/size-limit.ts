@@ -4,7 +4,7 @@ import { ConfigError, PayloadTooLargeError, UnsupportedMediaTypeError } from '..
 import { answerEarly, lingeringClose } from '../lib/late-response';
 import { bytes, defineOptions, option } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
-import type { StackHandler } from '../lib/stack-entries';
+import type { EntryContext, StackHandler } from '../lib/stack-entries';
 import { describe, parseBytes } from '../lib/units';
 import { onResponseDone } from '../lib/response-done';
 import type { PerimeterHandler } from '../types/express-augment';
@@ -55,12 +55,12 @@ export function sizeLimit(options: SizeLimitOptions = {}): RequestHandler {
  * @internal The stack's sizeLimit (createStack builds it; use {@link sizeLimit} yourself). The tier is only known after `auth`, which runs after bodyParser, so the
  * early check allows the largest of `max` and every tier, and a second check placed right after
  * `auth` (see `extra`) holds each request to its own tier's limit. Bodies the stack's bodyParser
- * reads (per `bodyParserConfig`, the stack's `bodyParser` value) are final here; any other body
+ * reads (per the stack's `bodyParser` config) are final here; any other body
  * over the limit is left for a route-level sizeLimit to allow, and refused once anything reads it.
  */
-export function stackSizeLimit(options: SizeLimitOptions, bodyParserConfig: unknown): StackHandler {
+export function stackSizeLimit(options: SizeLimitOptions, ctx: EntryContext): StackHandler {
   const config = parseOptions(options);
-  const readByStack = typesReadBy(bodyParserConfig);
+  const readByStack = typesReadBy(ctx.config.bodyParser);
   const { max, ceiling, tiers } = config;
   const handler: StackHandler = createHandler(config, () => ceiling, readByStack, 'sizeLimitMiddleware');
   if (tiers !== undefined) {
