@@ -3,8 +3,8 @@ import { decodeProtectedHeader, errors as joseErrors, jwtVerify, type JWTVerifyO
 import { LRUCache } from 'lru-cache';
 import { ConfigError } from './errors';
 import { defaultLogger, type Logger } from './logger';
-import { checkOptions } from './options';
-import { describe, parseDuration } from './units';
+import { defineOptions, duration, flag, option, passThrough } from './options';
+import { describe } from './units';
 import { ASYMMETRIC, checkAlgorithms, defaultAlgorithm, isHmac, keyMisfit, keyName, type JwtAlgorithm } from './jwt/algorithms';
 import { hookResolver, type GetKey, type KeyResolver } from './jwt/key-hook';
 import { checkProtocol, RemoteKeySet } from './jwt/remote-key-set';
@@ -48,23 +48,37 @@ export interface JwtOptions {
   cacheTtl?: string | number;
 }
 
-const JWT_KEYS = [
-  'secret',
-  'publicKey',
-  'jwksUri',
-  'discovery',
-  'jwksCooldown',
-  'jwksTimeout',
-  'jwksMaxAge',
-  'getKey',
-  'algorithms',
-  'issuer',
-  'audience',
-  'clockTolerance',
-  'requireExp',
-  'cacheSize',
-  'cacheTtl',
-] as const;
+// Every option of auth.jwt once, with its check; defaults that depend on the key source (the
+// algorithms, the key set's timings) are applied where that source is set up.
+const parseOptions = defineOptions<JwtOptions>()('auth.jwt', {
+  secret: passThrough<string | Buffer>('a string or Buffer of 32 bytes or more'),
+  publicKey: passThrough<string | Buffer | KeyObject>('a PEM string, Buffer or KeyObject'),
+  jwksUri: passThrough<string | URL>("an https URL like 'https://id.example.com/.well-known/jwks.json'"),
+  discovery: flag(false),
+  jwksCooldown: duration(),
+  jwksTimeout: duration(),
+  jwksMaxAge: duration(),
+  getKey: passThrough<GetKey>('a function (header) => key'),
+  algorithms: option("algorithms like ['RS256']", (value) => (value === undefined ? undefined : checkAlgorithms(value as JwtAlgorithm[]))),
+  issuer: option("an issuer like 'https://id.example.com/', or several", (value, path) => (value === undefined ? undefined : checkStrings(value, path))),
+  audience: option('a string, a RegExp or an array of them', (value, path) => (value === undefined ? undefined : audienceMatcher(value, path))),
+  clockTolerance: duration('5s'),
+  requireExp: flag(false),
+  cacheSize: option('a whole number of tokens (0 turns the cache off)', tokenCount, '1000'),
+  cacheTtl: duration('30s'),
+});
+
+type Parsed = ReturnType<typeof parseOptions>;
+type KeySource = 'secret' | 'publicKey' | 'jwksUri' | 'discovery' | 'getKey';
+
+/** How a token's key is found: one key for every token, or a key per token header. */
+interface KeyPlan {
+  staticKey?: KeyObject;
+  resolveKey?: KeyResolver;
+  /** The algorithms a token may name. */
+  algorithms: string[];
+  weakSecret: boolean;
+}
 
 /** Why a token was refused; each maps to a 401 code and a metrics label. */
 export type JwtFailureReason =
@@ -117,12 +131,29 @@ export function createJwtVerifier(
   logger?: Logger,
 ): JwtVerifier | undefined {
   if (input === false) return undefined;
-  const options = { ...checkOptions('auth.jwt', input, JWT_KEYS) };
-  if (options.discovery !== undefined && typeof options.discovery !== 'boolean') {
-    throw new ConfigError('auth.jwt.discovery', `expected true or false, got ${describe(options.discovery)}`);
-  }
-  const sources = (['secret', 'publicKey', 'jwksUri', 'getKey'] as const).filter((k) => options[k] !== undefined) as string[];
-  if (options.discovery === true) sources.push('discovery');
+  const o = parseOptions(input);
+  const source = keySourceOf(o, input, env);
+  if (source === undefined) return undefined;
+  const setupLogger = logger ?? defaultLogger();
+  const plan: KeyPlan =
+    source === 'secret'
+      ? secretPlan(o.secret, o.algorithms)
+      : source === 'publicKey'
+        ? publicKeyPlan(o.publicKey, o.algorithms)
+        : source === 'getKey'
+          ? hookPlan(o.getKey, o.algorithms, setupLogger)
+          : keySetPlan(o, env, clock, setupLogger);
+  const verify = tokenVerifier(plan, o, clock);
+  return { verify, weakSecret: plan.weakSecret, algorithms: plan.algorithms as JwtAlgorithm[] };
+}
+
+/**
+ * The one key source configured; with none, `JWT_PUBLIC_KEY` then `JWT_SECRET` from the
+ * environment (written into `o`), else undefined when `auth.jwt` was left out.
+ */
+function keySourceOf(o: Parsed, input: JwtOptions | undefined, env: Record<string, string | undefined>): KeySource | undefined {
+  const sources: KeySource[] = (['secret', 'publicKey', 'jwksUri', 'getKey'] as const).filter((k) => o[k] !== undefined);
+  if (o.discovery) sources.push('discovery');
   if (sources.length > 1) {
     throw new ConfigError(
       'auth.jwt',
@@ -131,152 +162,131 @@ export function createJwtVerifier(
   }
   const remote = sources[0] === 'jwksUri' || sources[0] === 'discovery';
   for (const option of ['jwksCooldown', 'jwksTimeout', 'jwksMaxAge'] as const) {
-    if (options[option] !== undefined && !remote) {
-      throw new ConfigError(
-        `auth.jwt.${option}`,
-        "applies to key sets only; give 'jwksUri' (or discovery: true with 'issuer'), or remove it",
-      );
+    if (o[option] !== undefined && !remote) {
+      throw new ConfigError(`auth.jwt.${option}`, "applies to key sets only; give 'jwksUri' (or discovery: true with 'issuer'), or remove it");
     }
   }
-  if (sources.length === 0) {
-    if (env.JWT_PUBLIC_KEY) options.publicKey = env.JWT_PUBLIC_KEY.replace(/\\n/g, '\n');
-    else if (env.JWT_SECRET) options.secret = env.JWT_SECRET;
-    else if (input === undefined) return undefined;
-    else
-      throw new ConfigError(
-        'auth.jwt',
-        'needs a key: { secret } for HS256, { publicKey } for RS256/ES256/EdDSA, { jwksUri } or { issuer, discovery: true } for an identity provider, { getKey } for your own lookup, or JWT_SECRET / JWT_PUBLIC_KEY in the environment',
-      );
+  if (sources.length > 0) return sources[0];
+  if (env.JWT_PUBLIC_KEY) {
+    o.publicKey = env.JWT_PUBLIC_KEY.replace(/\\n/g, '\n');
+    return 'publicKey';
   }
+  if (env.JWT_SECRET) {
+    o.secret = env.JWT_SECRET;
+    return 'secret';
+  }
+  if (input === undefined) return undefined;
+  throw new ConfigError(
+    'auth.jwt',
+    'needs a key: { secret } for HS256, { publicKey } for RS256/ES256/EdDSA, { jwksUri } or { issuer, discovery: true } for an identity provider, { getKey } for your own lookup, or JWT_SECRET / JWT_PUBLIC_KEY in the environment',
+  );
+}
 
-  let staticKey: KeyObject | undefined;
-  let resolveKey: KeyResolver | undefined;
-  let algorithms: string[];
-  let weakSecret = false;
-  const given = options.algorithms === undefined ? undefined : checkAlgorithms(options.algorithms);
-  const issuer = options.issuer === undefined ? undefined : checkStrings(options.issuer, 'auth.jwt.issuer');
-  const setupLogger = logger ?? defaultLogger();
+function secretPlan(secret: unknown, given: string[] | undefined): KeyPlan {
+  if ((typeof secret !== 'string' && !Buffer.isBuffer(secret)) || secret.length === 0) {
+    throw new ConfigError('auth.jwt.secret', `expected a non-empty string or Buffer (32 bytes or more), got ${describe(secret)}`);
+  }
+  const staticKey = createSecretKey(typeof secret === 'string' ? Buffer.from(secret, 'utf8') : secret);
+  const algorithms = given ?? ['HS256'];
+  const asymmetric = algorithms.filter((a) => !isHmac(a));
+  if (asymmetric.length > 0) {
+    throw new ConfigError(
+      'auth.jwt.algorithms',
+      `${asymmetric.join(', ')} cannot be verified with a secret; give 'publicKey' for asymmetric algorithms, or list only HS256/HS384/HS512`,
+    );
+  }
+  return { staticKey, algorithms, weakSecret: staticKey.symmetricKeySize !== undefined && staticKey.symmetricKeySize < 32 };
+}
 
-  if (options.secret !== undefined) {
-    const secret = options.secret;
-    if ((typeof secret !== 'string' && !Buffer.isBuffer(secret)) || secret.length === 0) {
-      throw new ConfigError('auth.jwt.secret', `expected a non-empty string or Buffer (32 bytes or more), got ${describe(secret)}`);
-    }
-    staticKey = createSecretKey(typeof secret === 'string' ? Buffer.from(secret, 'utf8') : secret);
-    weakSecret = staticKey.symmetricKeySize !== undefined && staticKey.symmetricKeySize < 32;
-    algorithms = given ?? ['HS256'];
-    const asymmetric = algorithms.filter((a) => !isHmac(a));
-    if (asymmetric.length > 0) {
+function publicKeyPlan(publicKey: unknown, given: string[] | undefined): KeyPlan {
+  const staticKey = toPublicKey(publicKey);
+  const own = defaultAlgorithm(staticKey);
+  if (own === undefined) {
+    throw new ConfigError('auth.jwt.publicKey', `${keyName(staticKey)} is not supported; use an RSA key, an EC key on P-256, P-384 or P-521, or an Ed25519 key`);
+  }
+  const algorithms = given ?? [own];
+  for (const alg of algorithms) {
+    if (isHmac(alg)) {
       throw new ConfigError(
         'auth.jwt.algorithms',
-        `${asymmetric.join(', ')} cannot be verified with a secret; give 'publicKey' for asymmetric algorithms, or list only HS256/HS384/HS512`,
+        `'${alg}' with a public key is refused: anyone holding the public key could sign HMAC tokens with it (HS/RS confusion); list asymmetric algorithms such as 'RS256', or configure 'secret' instead`,
       );
     }
-  } else if (options.publicKey !== undefined) {
-    staticKey = toPublicKey(options.publicKey);
-    const own = defaultAlgorithm(staticKey);
-    if (own === undefined) {
-      throw new ConfigError(
-        'auth.jwt.publicKey',
-        `${keyName(staticKey)} is not supported; use an RSA key, an EC key on P-256, P-384 or P-521, or an Ed25519 key`,
-      );
+    const misfit = keyMisfit(staticKey, alg);
+    if (misfit !== undefined) {
+      throw new ConfigError('auth.jwt.algorithms', `'${alg}' cannot be verified with ${misfit}; list the algorithm the key was made for ('${own}')`);
     }
-    algorithms = given ?? [own];
-    for (const alg of algorithms) {
-      if (isHmac(alg)) {
-        throw new ConfigError(
-          'auth.jwt.algorithms',
-          `'${alg}' with a public key is refused: anyone holding the public key could sign HMAC tokens with it (HS/RS confusion); list asymmetric algorithms such as 'RS256', or configure 'secret' instead`,
-        );
-      }
-      const misfit = keyMisfit(staticKey, alg);
-      if (misfit !== undefined) {
-        throw new ConfigError(
-          'auth.jwt.algorithms',
-          `'${alg}' cannot be verified with ${misfit}; list the algorithm the key was made for ('${own}')`,
-        );
-      }
-    }
-  } else if (remote) {
-    if (given?.some(isHmac)) {
-      throw new ConfigError(
-        'auth.jwt.algorithms',
-        `${given.filter(isHmac).join(', ')} with a key set is refused: a JWKS is public, so an HMAC key in it would let anyone sign tokens; list asymmetric algorithms (RS256, PS256, ES256, EdDSA) or leave 'algorithms' out to take each key's own`,
-      );
-    }
-    algorithms = given ?? [...ASYMMETRIC];
-    const httpsRequired = (url: URL): boolean => env.NODE_ENV === 'production' && !LOOPBACK.has(url.hostname);
-    const cooldownMs = parseDuration(options.jwksCooldown ?? '30s', 'auth.jwt.jwksCooldown');
-    if (cooldownMs < MIN_COOLDOWN_MS) {
-      throw new ConfigError(
-        'auth.jwt.jwksCooldown',
-        `must be at least '1s', got ${describe(options.jwksCooldown)}: it is what keeps tokens with forged kids from each causing a request to the identity provider`,
-      );
-    }
-    const timeoutMs = parseDuration(options.jwksTimeout ?? '5s', 'auth.jwt.jwksTimeout');
-    if (timeoutMs <= 0) throw new ConfigError('auth.jwt.jwksTimeout', `must be more than 0, got ${describe(options.jwksTimeout)}`);
-    const maxAgeMs = parseDuration(options.jwksMaxAge ?? '10m', 'auth.jwt.jwksMaxAge');
-    if (maxAgeMs <= 0) throw new ConfigError('auth.jwt.jwksMaxAge', `must be more than 0, got ${describe(options.jwksMaxAge)}`);
-    let jwksUri: URL | undefined;
-    let discoverFrom: string | undefined;
-    if (options.jwksUri !== undefined) {
-      jwksUri = setupUrl(options.jwksUri, 'auth.jwt.jwksUri', 'https://id.example.com/.well-known/jwks.json', httpsRequired);
-    } else {
-      if (typeof issuer !== 'string') {
-        throw new ConfigError(
-          'auth.jwt.discovery',
-          `needs exactly one 'issuer' (the provider's URL, e.g. 'https://id.example.com/'): the key set's URL is read from <issuer>/.well-known/openid-configuration${issuer === undefined ? '' : '; got several'}`,
-        );
-      }
-      setupUrl(issuer, 'auth.jwt.issuer', 'https://id.example.com/', httpsRequired);
-      discoverFrom = issuer;
-    }
-    const keySet = new RemoteKeySet({
-      jwksUri,
-      discoverFrom,
-      cooldownMs,
-      timeoutMs,
-      maxAgeMs,
-      algorithms: given,
-      httpsRequired,
-      clock,
-      logger: setupLogger,
-    });
-    resolveKey = keySet.resolve;
+  }
+  return { staticKey, algorithms, weakSecret: false };
+}
+
+function hookPlan(getKey: unknown, given: string[] | undefined, logger: Logger): KeyPlan {
+  if (typeof getKey !== 'function') throw new ConfigError('auth.jwt.getKey', `expected a function (header) => key, got ${describe(getKey)}`);
+  if (given === undefined) {
+    throw new ConfigError('auth.jwt.algorithms', "is required with getKey, e.g. ['RS256']: the accepted algorithms must never come from the token");
+  }
+  if (given.some(isHmac) && !given.every(isHmac)) {
+    throw new ConfigError(
+      'auth.jwt.algorithms',
+      `mixes HMAC and asymmetric algorithms (${given.join(', ')}); with getKey list one family, so a public key can never be used as an HMAC secret`,
+    );
+  }
+  return { resolveKey: hookResolver(getKey as GetKey, given.every(isHmac), logger), algorithms: given, weakSecret: false };
+}
+
+/** An identity provider's key set, from `jwksUri` or discovered from the issuer. */
+function keySetPlan(o: Parsed, env: Record<string, string | undefined>, clock: () => number, logger: Logger): KeyPlan {
+  const given = o.algorithms;
+  if (given?.some(isHmac)) {
+    throw new ConfigError(
+      'auth.jwt.algorithms',
+      `${given.filter(isHmac).join(', ')} with a key set is refused: a JWKS is public, so an HMAC key in it would let anyone sign tokens; list asymmetric algorithms (RS256, PS256, ES256, EdDSA) or leave 'algorithms' out to take each key's own`,
+    );
+  }
+  const httpsRequired = (url: URL): boolean => env.NODE_ENV === 'production' && !LOOPBACK.has(url.hostname);
+  const cooldownMs = o.jwksCooldown ?? 30_000;
+  if (cooldownMs < MIN_COOLDOWN_MS) {
+    throw new ConfigError(
+      'auth.jwt.jwksCooldown',
+      `must be at least '1s', got ${describe(o.jwksCooldown)}: it is what keeps tokens with forged kids from each causing a request to the identity provider`,
+    );
+  }
+  const timeoutMs = o.jwksTimeout ?? 5000;
+  if (timeoutMs <= 0) throw new ConfigError('auth.jwt.jwksTimeout', `must be more than 0, got ${describe(o.jwksTimeout)}`);
+  const maxAgeMs = o.jwksMaxAge ?? 600_000;
+  if (maxAgeMs <= 0) throw new ConfigError('auth.jwt.jwksMaxAge', `must be more than 0, got ${describe(o.jwksMaxAge)}`);
+  let jwksUri: URL | undefined;
+  let discoverFrom: string | undefined;
+  if (o.jwksUri !== undefined) {
+    jwksUri = setupUrl(o.jwksUri, 'auth.jwt.jwksUri', 'https://id.example.com/.well-known/jwks.json', httpsRequired);
   } else {
-    if (typeof options.getKey !== 'function')
-      throw new ConfigError('auth.jwt.getKey', `expected a function (header) => key, got ${describe(options.getKey)}`);
-    if (given === undefined) {
+    const issuer = o.issuer;
+    if (typeof issuer !== 'string') {
       throw new ConfigError(
-        'auth.jwt.algorithms',
-        "is required with getKey, e.g. ['RS256']: the accepted algorithms must never come from the token",
+        'auth.jwt.discovery',
+        `needs exactly one 'issuer' (the provider's URL, e.g. 'https://id.example.com/'): the key set's URL is read from <issuer>/.well-known/openid-configuration${issuer === undefined ? '' : '; got several'}`,
       );
     }
-    algorithms = given;
-    if (algorithms.some(isHmac) && !algorithms.every(isHmac)) {
-      throw new ConfigError(
-        'auth.jwt.algorithms',
-        `mixes HMAC and asymmetric algorithms (${algorithms.join(', ')}); with getKey list one family, so a public key can never be used as an HMAC secret`,
-      );
-    }
-    resolveKey = hookResolver(options.getKey, algorithms.every(isHmac), setupLogger);
+    setupUrl(issuer, 'auth.jwt.issuer', 'https://id.example.com/', httpsRequired);
+    discoverFrom = issuer;
   }
+  const keySet = new RemoteKeySet({ jwksUri, discoverFrom, cooldownMs, timeoutMs, maxAgeMs, algorithms: given, httpsRequired, clock, logger });
+  return { resolveKey: keySet.resolve, algorithms: given ?? [...ASYMMETRIC], weakSecret: false };
+}
 
-  const toleranceMs = parseDuration(options.clockTolerance ?? '5s', 'auth.jwt.clockTolerance');
-  const audienceOk = options.audience === undefined ? undefined : audienceMatcher(options.audience);
-  if (options.requireExp !== undefined && typeof options.requireExp !== 'boolean') {
-    throw new ConfigError('auth.jwt.requireExp', `expected true or false, got ${describe(options.requireExp)}`);
-  }
+/**
+ * The per-token check: the signature with the plan's key, the claims (issuer, audience, exp/nbf
+ * within the tolerance, exp when required), answered synchronously for a token verified recently.
+ */
+function tokenVerifier(plan: KeyPlan, o: Parsed, clock: () => number): (token: string) => JwtClaims | Promise<JwtClaims> {
+  const { staticKey, resolveKey, algorithms } = plan;
+  const toleranceMs = o.clockTolerance;
+  const audienceOk = o.audience;
   const claimChecks: JWTVerifyOptions = { clockTolerance: toleranceMs / 1000 };
-  if (issuer !== undefined) claimChecks.issuer = issuer;
-  if (options.requireExp === true) claimChecks.requiredClaims = ['exp'];
-  const cacheSize = options.cacheSize ?? 1000;
-  if (typeof cacheSize !== 'number' || !Number.isInteger(cacheSize) || cacheSize < 0) {
-    throw new ConfigError('auth.jwt.cacheSize', `expected a whole number of tokens (0 turns the cache off), got ${describe(cacheSize)}`);
-  }
-  const cacheTtlMs = parseDuration(options.cacheTtl ?? '30s', 'auth.jwt.cacheTtl');
-  const cache =
-    cacheSize > 0 && cacheTtlMs > 0 ? new LRUCache<string, { payload: JwtClaims; until: number }>({ max: cacheSize }) : undefined;
+  if (o.issuer !== undefined) claimChecks.issuer = o.issuer;
+  if (o.requireExp) claimChecks.requiredClaims = ['exp'];
+  const cacheTtlMs = o.cacheTtl;
+  const cache = o.cacheSize > 0 && cacheTtlMs > 0 ? new LRUCache<string, { payload: JwtClaims; until: number }>({ max: o.cacheSize }) : undefined;
 
   const verifyWith = async (token: string, key: KeyObject, accepted: string[], nowMs: number): Promise<JwtClaims> => {
     let payload: JwtClaims;
@@ -285,15 +295,14 @@ export function createJwtVerifier(
     } catch (err) {
       throw toFailure(err);
     }
-    if (audienceOk !== undefined && !audienceOk(payload.aud))
-      throw new AuthFailure('invalid_audience', 'the token audience is not accepted');
+    if (audienceOk !== undefined && !audienceOk(payload.aud)) throw new AuthFailure('invalid_audience', 'the token audience is not accepted');
     // Frozen: the same object may serve every request that repeats the token (the cache below).
     return Object.freeze(payload);
   };
 
   const verifyFresh =
     staticKey !== undefined
-      ? (token: string, nowMs: number): Promise<JwtClaims> => verifyWith(token, staticKey!, algorithms, nowMs)
+      ? (token: string, nowMs: number): Promise<JwtClaims> => verifyWith(token, staticKey, algorithms, nowMs)
       : async (token: string, nowMs: number): Promise<JwtClaims> => {
           const header = readHeader(token);
           const alg = header.alg;
@@ -302,32 +311,37 @@ export function createJwtVerifier(
           if (!algorithms.includes(alg)) {
             throw new AuthFailure('invalid_algorithm', `alg ${SAFE_ALG.test(alg) ? alg : '(unreadable)'} is not accepted`);
           }
-          const key = await resolveKey!(header);
+          const key = await (resolveKey as KeyResolver)(header);
           if (key === undefined) throw new AuthFailure('unknown_key', 'no key is known for the token header (kid and alg)');
           const misfit = keyMisfit(key, alg);
-          if (misfit !== undefined)
-            throw new AuthFailure('invalid_algorithm', `the key for the token is ${misfit}, which cannot verify ${alg}`);
+          if (misfit !== undefined) throw new AuthFailure('invalid_algorithm', `the key for the token is ${misfit}, which cannot verify ${alg}`);
           return verifyWith(token, key, [alg], nowMs);
         };
+  if (cache === undefined) return (token) => verifyFresh(token, clock());
 
   // The cache key is a digest, so the memory holds no usable token; an entry never outlives the
   // token's own exp (plus the tolerance), so expiry is honoured exactly as without the cache.
   const remember = (digest: string, payload: JwtClaims, nowMs: number): JwtClaims => {
     let until = nowMs + cacheTtlMs;
     if (typeof payload.exp === 'number') until = Math.min(until, payload.exp * 1000 + toleranceMs);
-    if (until > nowMs) cache!.set(digest, { payload, until });
+    if (until > nowMs) cache.set(digest, { payload, until });
     return payload;
   };
-
-  const verify = function verifyToken(token: string): JwtClaims | Promise<JwtClaims> {
+  return function verifyToken(token) {
     const nowMs = clock();
-    if (cache === undefined) return verifyFresh(token, nowMs);
     const digest = createHash('sha256').update(token).digest('base64');
     const hit = cache.get(digest);
     if (hit !== undefined && hit.until > nowMs) return hit.payload;
     return verifyFresh(token, nowMs).then((payload) => remember(digest, payload, nowMs));
   };
-  return { verify, weakSecret, algorithms: algorithms as JwtAlgorithm[] };
+}
+
+function tokenCount(value: unknown, path: string): number {
+  const n = value ?? 1000;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) {
+    throw new ConfigError(path, `expected a whole number of tokens (0 turns the cache off), got ${describe(n)}`);
+  }
+  return n;
 }
 
 function readHeader(token: string): JwtHeader {
@@ -387,11 +401,11 @@ function checkStrings(value: unknown, option: string): string | string[] {
 }
 
 /** Compiles `audience` into a check of a token's `aud` (a string or an array: one match suffices). */
-function audienceMatcher(value: unknown): (aud: unknown) => boolean {
+function audienceMatcher(value: unknown, path: string): (aud: unknown) => boolean {
   const ok = (v: unknown): boolean => (typeof v === 'string' && v !== '') || v instanceof RegExp;
   const list = Array.isArray(value) ? value : [value];
   if (list.length === 0 || !list.every(ok)) {
-    throw new ConfigError('auth.jwt.audience', `expected a string, a RegExp or a non-empty array of them, got ${describe(value)}`);
+    throw new ConfigError(path, `expected a string, a RegExp or a non-empty array of them, got ${describe(value)}`);
   }
   const names = new Set(list.filter((v): v is string => typeof v === 'string'));
   // Without the g and y flags, test() keeps no lastIndex between tokens.

@@ -1,25 +1,25 @@
 import type { RequestHandler } from 'express';
 import type { StackConfig } from './create-stack';
 import type { PerimeterRuntime } from './runtime';
-import { auth } from '../middleware/auth';
-import { createAuditLog } from '../middleware/audit-log';
-import { bodyParser } from '../middleware/body-parser';
-import { createCache } from '../middleware/cache';
-import { createCircuitBreaker } from '../middleware/circuit-breaker';
+import { stackAuth } from '../middleware/auth';
+import { stackAuditLog } from '../middleware/audit-log';
+import { stackBodyParser } from '../middleware/body-parser';
+import { stackCache } from '../middleware/cache';
+import { stackCircuitBreaker } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
 import { credits } from '../middleware/credits';
-import { createHealth } from '../middleware/health';
-import { createLoadShedding } from '../middleware/load-shedding';
-import { createFeatureFlags } from '../middleware/feature-flags';
-import { rateLimit } from '../middleware/rate-limit';
+import { stackHealth } from '../middleware/health';
+import { stackLoadShedding } from '../middleware/load-shedding';
+import { stackFeatureFlags } from '../middleware/feature-flags';
+import { stackRateLimit } from '../middleware/rate-limit';
 import { stackIdempotency } from '../middleware/idempotency';
-import { createIpFilter } from '../middleware/ip-filter';
+import { stackIpFilter } from '../middleware/ip-filter';
 import { createMetrics } from '../middleware/metrics';
 import { requestId } from '../middleware/request-id';
 import { requestLogger } from '../middleware/request-logger';
 import { sanitize } from '../middleware/sanitize';
 import { stackSecurityHeaders } from '../middleware/security-headers';
-import { sizeLimitCeiling, stackSizeLimit } from '../middleware/size-limit';
+import { stackSizeLimit } from '../middleware/size-limit';
 import { tenant } from '../middleware/tenant';
 import { timeout } from '../middleware/timeout';
 
@@ -96,7 +96,13 @@ export type StackEntryName = (typeof STACK_ORDER)[number];
 /** The options object a config key takes (`true` and `false` are settled by createStack). */
 export type StackEntryOptions<K extends StackEntryName> = Exclude<NonNullable<StackConfig[K]>, boolean>;
 
-/** The entries this version provides, keyed by name. */
+/**
+ * The entries this version provides, keyed by name. One convention: an entry is built by its
+ * public factory `x(options)` when the stack adds nothing, else by its module's internal
+ * `stackX(options, ctx)`, which says what the stack changes (its stores, logger, neighbours'
+ * options) beside the code it changes. Route-level factories behind a stack find it per request
+ * (`perRuntime`). metrics and credits still wire inline.
+ */
 export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOptions<K>> } = {
   requestId: { name: 'requestId', defaultOn: true, build: (o) => requestId(o) },
   requestLogger: { name: 'requestLogger', defaultOn: true, build: (o) => requestLogger(o) },
@@ -104,25 +110,23 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   metrics: { name: 'metrics', defaultOn: true, build: (o, { runtime }) => createMetrics(o, runtime.registry) },
   // Right after metrics (probes are counted) and before everything that could refuse, delay or record
   // a probe; it answers without calling the rest of the chain. Its readiness includes the stack's stores.
-  health: { name: 'health', defaultOn: true, build: (o, { runtime }) => createHealth(o, runtime) },
+  health: { name: 'health', defaultOn: true, build: stackHealth },
   // Its headers are set as the request enters the stack (onEntry), so the answers of metrics and
   // health, which come before its place, carry them too.
-  securityHeaders: { name: 'securityHeaders', defaultOn: true, build: (o) => stackSecurityHeaders(o) },
+  securityHeaders: { name: 'securityHeaders', defaultOn: true, build: stackSecurityHeaders },
   // Off until configured. Right after health and metrics (probes and scrapes are never shed) and
   // before everything that costs: an overloaded process refuses before parsing, auth or Redis.
-  loadShedding: { name: 'loadShedding', defaultOn: false, build: (o, { runtime }) => createLoadShedding(o, runtime) },
+  loadShedding: { name: 'loadShedding', defaultOn: false, build: stackLoadShedding },
   cors: { name: 'cors', defaultOn: false, build: (o) => cors(o) },
-  // Off until configured; the stack's logger receives its setup warnings (weak JWT secret).
-  auth: { name: 'auth', defaultOn: false, build: (o, { runtime }) => auth({ logger: runtime.logger, ...o }) },
+  // Off until configured.
+  auth: { name: 'auth', defaultOn: false, build: stackAuth },
   // On with no rules: it then only enforces run-time blocks, so stack.middleware.ipFilter.block() works out of the box.
-  ipFilter: { name: 'ipFilter', defaultOn: true, build: (o, { runtime }) => createIpFilter(o, runtime) },
-  // 100 per minute per client by default. The fixed 'stack' namespace keeps the stack's counts apart
-  // from route-level limiters and shared by every instance, whatever order limiters are created in.
-  rateLimit: { name: 'rateLimit', defaultOn: true, build: (o) => rateLimit({ prefix: 'stack', ...o }) },
+  ipFilter: { name: 'ipFilter', defaultOn: true, build: stackIpFilter },
+  rateLimit: { name: 'rateLimit', defaultOn: true, build: stackRateLimit },
   // Off until configured. After auth, tenant and the limiters (a replay is a request like any other for
   // them, and the caller who owns the key is known), before credits and everything after (a replay
   // runs none of it, so nothing is charged twice). Its lock outlives the stack's timeout.
-  idempotency: { name: 'idempotency', defaultOn: false, build: (o, { config }) => stackIdempotency(o, config.timeout) },
+  idempotency: { name: 'idempotency', defaultOn: false, build: stackIdempotency },
   credits: {
     name: 'credits',
     defaultOn: false,
@@ -130,31 +134,21 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
     build: (o, { runtime }) => credits(o.stores === undefined && o.redis === undefined ? { ...o, stores: runtime.stores } : o),
   },
   // 1 MB by default; with tiers it also places a check right after auth (see StackExtra).
-  sizeLimit: { name: 'sizeLimit', defaultOn: true, build: (o, { config }) => stackSizeLimit(o, config.bodyParser) },
+  sizeLimit: { name: 'sizeLimit', defaultOn: true, build: stackSizeLimit },
   // After auth and the limiters (rejected requests are not scanned), before routing: params are scanned by a route-level sanitize().
   sanitize: { name: 'sanitize', defaultOn: true, build: (o) => sanitize(o) },
   // After the limiters and sanitize (a refused request ran no write), before the routes; the logger sink by
   // default, the stack's Redis for { redisStream }; stack.close() flushes its queue.
-  auditLog: { name: 'auditLog', defaultOn: true, build: (o, { runtime }) => createAuditLog(o, runtime) },
+  auditLog: { name: 'auditLog', defaultOn: true, build: stackAuditLog },
   // 30 s by default; a route-level timeout() replaces the deadline for its route.
   timeout: { name: 'timeout', defaultOn: true, build: (o) => timeout(o) },
   // Off until configured; after auth (the token's tenant claim is known) and before the limiters (keys join the tenant).
   tenant: { name: 'tenant', defaultOn: false, build: (o) => tenant(o) },
   // Off until configured; bound to the stack's stores (source 'redis') and logger, so stack.middleware.featureFlags.set() works at once.
-  featureFlags: { name: 'featureFlags', defaultOn: false, build: (o, { runtime }) => createFeatureFlags(o, runtime) },
+  featureFlags: { name: 'featureFlags', defaultOn: false, build: stackFeatureFlags },
   // On by default with no ttl: ETag/304 only. Bound to the stack, so stack.middleware.cache.invalidate() acts on its stores.
-  cache: { name: 'cache', defaultOn: true, build: (o, { runtime }) => createCache(o, runtime) },
+  cache: { name: 'cache', defaultOn: true, build: stackCache },
   // Off until configured: one breaker for the whole stack, named 'stack' (it runs before routing, so it cannot tell routes apart; per-route breakers go on the routes).
-  circuitBreaker: { name: 'circuitBreaker', defaultOn: false, build: (o, { runtime }) => createCircuitBreaker({ name: 'stack', ...o }, runtime) },
-  bodyParser: {
-    name: 'bodyParser',
-    defaultOn: true,
-    build: (o, { config }) => {
-      const size = config.sizeLimit;
-      // sizeLimit counts exactly (per tier, per route); this is the backstop, at the largest limit
-      // sizeLimit allows before the tier is known (it also bounds gzip bodies once inflated).
-      const max = size && typeof size === 'object' ? sizeLimitCeiling(size) : undefined;
-      return bodyParser({ ...o, limit: o.limit ?? max ?? '1mb' });
-    },
-  },
+  circuitBreaker: { name: 'circuitBreaker', defaultOn: false, build: stackCircuitBreaker },
+  bodyParser: { name: 'bodyParser', defaultOn: true, build: stackBodyParser },
 };

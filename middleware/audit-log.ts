@@ -6,10 +6,11 @@ import { buildSinks, type AuditSinkOption } from '../lib/audit/sinks';
 import { auditStateOf, registerTracker, setAuditState, type AuditTracker } from '../lib/audit/tracking';
 import { ConfigError, ServiceUnavailableError } from '../lib/errors';
 import { defaultLogger, type Logger } from '../lib/logger';
-import { checkCallback, checkOptions, oneOf } from '../lib/options';
+import { bytes, callback, choice, count, defineOptions, duration, flag, httpMethods, loggerOption, option, passThrough } from '../lib/options';
 import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
-import { describe, parseBytes, parseDuration } from '../lib/units';
+import { describe, parseDuration } from '../lib/units';
 import { onResponseDone } from '../lib/response-done';
+import type { EntryContext } from '../lib/stack-entries';
 import type { PerimeterHandler } from '../types/express-augment';
 
 export type { AuditRecord } from '../lib/audit/record';
@@ -77,12 +78,28 @@ declare module '../lib/create-stack' {
   }
 }
 
-const KNOWN = [
-  'sink', 'methods', 'chain', 'genesis', 'onlySuccessful', 'includeBody', 'maxBodySize', 'skip', 'maxQueue', 'overflow',
-  'blockTimeout', 'batchSize', 'retryDelay', 'maxRetryDelay', 'maxRetries', 'writeTimeout', 'closeTimeout', 'logger',
-] as const;
-
-const DEFAULT_METHODS = ['POST', 'PUT', 'PATCH', 'DELETE'];
+// Every option of auditLog() once: its default and its check (the interface's JSDoc is its doc).
+// `sink` is checked as the sinks are built (buildSinks), with the stack's stores at hand.
+const parseOptions = defineOptions<AuditLogOptions>()('auditLog', {
+  sink: passThrough<AuditSinkOption | AuditSinkOption[]>("'logger', { file }, { redisStream }, a function, or an array of these"),
+  methods: httpMethods(['POST', 'PUT', 'PATCH', 'DELETE']),
+  chain: flag(false),
+  genesis: option('64 lowercase hex characters', genesisHash, '64 zeros'),
+  onlySuccessful: flag(false),
+  includeBody: flag(false),
+  maxBodySize: bytes('2kb'),
+  skip: callback<(req: Request) => boolean>('(req) => boolean'),
+  maxQueue: count(10_000, 'records'),
+  overflow: choice(['block', 'drop'], 'block'),
+  blockTimeout: duration('5s'),
+  batchSize: count(100, 'records'),
+  retryDelay: duration('100ms'),
+  maxRetryDelay: duration('30s'),
+  maxRetries: option('a whole number of retries, or Infinity', retries, 'Infinity'),
+  writeTimeout: duration('10s'),
+  closeTimeout: duration('5s'),
+  logger: loggerOption(),
+});
 
 /**
  * Records writes (POST, PUT, PATCH, DELETE by default) when their response finishes: timestamp,
@@ -92,49 +109,31 @@ const DEFAULT_METHODS = ['POST', 'PUT', 'PATCH', 'DELETE'];
  * record is dropped silently.
  */
 export function auditLog(options: AuditLogOptions = {}): AuditLogHandler {
-  return createAuditLog(options);
+  return buildAuditLog(options, undefined);
 }
 
-/** {@link auditLog} bound to a stack's runtime (createStack uses it): the stack's logger, registry and Redis. */
-export function createAuditLog(options: AuditLogOptions = {}, stackRuntime?: PerimeterRuntime): AuditLogHandler {
-  checkOptions('auditLog', options, KNOWN);
-  checkCallback('auditLog.skip', options.skip, '(req) => boolean');
-  const methods = methodSet(options.methods ?? DEFAULT_METHODS);
-  const chain = flag(options.chain ?? false, 'auditLog.chain');
-  const genesis = options.genesis ?? GENESIS;
-  if (!isHash(genesis)) throw new ConfigError('auditLog.genesis', `expected 64 lowercase hex characters (a SHA-256 digest), got ${describe(genesis)}`);
-  const onlySuccessful = flag(options.onlySuccessful ?? false, 'auditLog.onlySuccessful');
-  const includeBody = flag(options.includeBody ?? false, 'auditLog.includeBody');
-  const maxBodySize = parseBytes(options.maxBodySize ?? '2kb', 'auditLog.maxBodySize');
-  const skip = options.skip;
-  if (skip !== undefined && typeof skip !== 'function') throw new ConfigError('auditLog.skip', `expected a function (req) => boolean, got ${describe(skip)}`);
-  const maxQueue = count(options.maxQueue ?? 10_000, 'auditLog.maxQueue', 'a number of records like 10000');
-  const overflow = oneOf('auditLog.overflow', options.overflow ?? 'block', ['block', 'drop'] as const);
-  const blockTimeout = parseDuration(options.blockTimeout ?? '5s', 'auditLog.blockTimeout');
-  const batchSize = count(options.batchSize ?? 100, 'auditLog.batchSize', 'a number of records like 100');
-  const retryDelay = parseDuration(options.retryDelay ?? '100ms', 'auditLog.retryDelay');
-  const maxRetryDelay = parseDuration(options.maxRetryDelay ?? '30s', 'auditLog.maxRetryDelay');
+/** @internal The stack's audit log (createStack builds it): the stack's logger, registry and Redis. */
+export function stackAuditLog(options: AuditLogOptions, { runtime }: EntryContext): AuditLogHandler {
+  return buildAuditLog(options, runtime);
+}
+
+function buildAuditLog(options: AuditLogOptions, stackRuntime: PerimeterRuntime | undefined): AuditLogHandler {
+  const o = parseOptions(options);
+  const { methods, chain, genesis, onlySuccessful, includeBody, maxBodySize, skip, maxQueue, overflow, blockTimeout, batchSize } = o;
+  const { retryDelay, maxRetryDelay, maxRetries, writeTimeout, closeTimeout } = o;
   if (retryDelay <= 0 || maxRetryDelay < retryDelay) {
     throw new ConfigError('auditLog.retryDelay', `expected a delay above 0 and at most maxRetryDelay (${maxRetryDelay} ms), got ${retryDelay} ms`);
-  }
-  const maxRetries = options.maxRetries ?? Infinity;
-  if (maxRetries !== Infinity && (typeof maxRetries !== 'number' || !Number.isInteger(maxRetries) || maxRetries < 0)) {
-    throw new ConfigError('auditLog.maxRetries', `expected a whole number of retries, or Infinity to retry until close, got ${describe(maxRetries)}`);
-  }
-  const writeTimeout = parseDuration(options.writeTimeout ?? '10s', 'auditLog.writeTimeout');
-  const closeTimeout = parseDuration(options.closeTimeout ?? '5s', 'auditLog.closeTimeout');
-  if (options.logger !== undefined && (typeof options.logger !== 'object' || options.logger === null || typeof options.logger.info !== 'function')) {
-    throw new ConfigError('auditLog.logger', `expected a winston logger, got ${describe(options.logger)}`);
   }
 
   // Alone, the handler learns its runtime (logger, registry) from the first request it records.
   let bound = stackRuntime;
   const runtime = (): PerimeterRuntime => bound ?? standaloneRuntime();
-  const logger = (): Logger => options.logger ?? runtime().logger;
-  const { sinks, owned } = buildSinks(options.sink ?? 'logger', {
+  const own = o.logger;
+  const logger = (): Logger => own ?? runtime().logger;
+  const { sinks, owned } = buildSinks(o.sink ?? 'logger', {
     stores: stackRuntime?.stores,
     logger,
-    setupLogger: options.logger ?? stackRuntime?.logger ?? defaultLogger(),
+    setupLogger: own ?? stackRuntime?.logger ?? defaultLogger(),
     chain,
     genesis,
     writeTimeout,
@@ -221,19 +220,17 @@ export function createAuditLog(options: AuditLogOptions = {}, stackRuntime?: Per
   return handler;
 }
 
-function methodSet(value: unknown): Set<string> {
-  if (!Array.isArray(value) || value.length === 0 || value.some((m) => typeof m !== 'string' || !/^[A-Za-z]+$/.test(m))) {
-    throw new ConfigError('auditLog.methods', `expected a non-empty array of HTTP methods like ['POST', 'PUT', 'PATCH', 'DELETE'], got ${describe(value)}`);
+function genesisHash(value: unknown, path: string): string {
+  const genesis = value ?? GENESIS;
+  if (!isHash(genesis)) throw new ConfigError(path, `expected 64 lowercase hex characters (a SHA-256 digest), got ${describe(genesis)}`);
+  return genesis;
+}
+
+function retries(value: unknown, path: string): number {
+  const n = value ?? Infinity;
+  if (n !== Infinity && (typeof n !== 'number' || !Number.isInteger(n) || n < 0)) {
+    throw new ConfigError(path, `expected a whole number of retries, or Infinity to retry until close, got ${describe(n)}`);
   }
-  return new Set((value as string[]).map((m) => m.toUpperCase()));
+  return n as number;
 }
 
-function flag(value: unknown, option: string): boolean {
-  if (typeof value !== 'boolean') throw new ConfigError(option, `expected true or false, got ${describe(value)}`);
-  return value;
-}
-
-function count(value: unknown, option: string, hint: string): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) throw new ConfigError(option, `expected ${hint} (a whole number ≥ 1), got ${describe(value)}`);
-  return value;
-}

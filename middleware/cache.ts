@@ -11,6 +11,7 @@ import { slotsOf } from '../lib/request-slots';
 import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { cacheStore, type CacheStore } from '../lib/stores/cache-store';
 import type { Stores } from '../lib/stores/types';
+import type { EntryContext } from '../lib/stack-entries';
 import type { PerimeterHandler } from '../types/express-augment';
 import { recordOnSpan } from '../lib/otel';
 
@@ -107,11 +108,15 @@ const ttlNamespaces = new Set<string>();
  * entries by tag, by path prefix and after writes.
  */
 export function cache(options: CacheOptions = {}): CacheHandler {
-  return createCache(options);
+  return buildCache(options, undefined);
 }
 
-/** {@link cache} bound to a stack's runtime, so `invalidate()` acts on the stack's stores (createStack uses it). */
-export function createCache(options: CacheOptions = {}, runtime?: PerimeterRuntime): CacheHandler {
+/** @internal The stack's cache (createStack builds it): `invalidate()` acts on the stack's stores. */
+export function stackCache(options: CacheOptions, { runtime }: EntryContext): CacheHandler {
+  return buildCache(options, runtime);
+}
+
+function buildCache(options: CacheOptions, runtime: PerimeterRuntime | undefined): CacheHandler {
   const config = parseCacheOptions(options);
   const { layer, server, namespace } = config;
   if (server !== undefined) ttlNamespaces.add(namespace);

@@ -1,11 +1,11 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import { Breaker, REJECTED } from '../lib/breaker/breaker';
 import { stateGauge } from '../lib/breaker/create-breaker';
-import { BREAKER_OPTION_KEYS, breakerName, breakerSettings, type BreakerOptions } from '../lib/breaker/settings';
+import { BREAKER_OPTION_ROWS, breakerName, settingsOf, type BreakerOptions } from '../lib/breaker/settings';
 import { shareBreakerState } from '../lib/breaker/shared-state';
 import { ConfigError } from '../lib/errors';
 import type { Logger } from '../lib/logger';
-import { checkOptions } from '../lib/options';
+import { defineOptions, option, storesOption } from '../lib/options';
 import { routeTemplate } from '../lib/route-template';
 import { runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { breakerStateStore, type BreakerStateStore } from '../lib/stores/breaker-store';
@@ -13,6 +13,7 @@ import type { Stores } from '../lib/stores/types';
 import { describe } from '../lib/units';
 import { onResponseDone } from '../lib/response-done';
 import { abortReasonOf } from './timeout';
+import type { EntryContext } from '../lib/stack-entries';
 import type { PerimeterHandler } from '../types/express-augment';
 import { recordOnSpan } from '../lib/otel';
 
@@ -51,7 +52,12 @@ declare module '../lib/create-stack' {
   }
 }
 
-const KNOWN = [...BREAKER_OPTION_KEYS, 'fallback', 'stores'] as const;
+// Every option of circuitBreaker() once: the breaker's rows, shared with createBreaker, and its own.
+const parseOptions = defineOptions<CircuitBreakerOptions>()('circuitBreaker', {
+  ...BREAKER_OPTION_ROWS,
+  fallback: option('a handler (req, res, next), a { status, body } response, or an object to send as JSON', compileFallback),
+  stores: storesOption(),
+});
 // Set on a response an open circuit answered, so an outer breaker (the stack's, around a
 // route-level one) does not count the 503 as its own failure and open in cascade.
 const OPEN_ANSWER = Symbol('express-perimeter.circuitOpenAnswer');
@@ -86,23 +92,21 @@ interface BreakerGroup {
  * shared so every instance opens and closes together.
  */
 export function circuitBreaker(options: CircuitBreakerOptions = {}): CircuitBreakerHandler {
-  return createCircuitBreaker(options);
+  return buildCircuitBreaker(options, undefined);
 }
 
 /**
- * {@link circuitBreaker} bound to a stack's runtime (its stores, logger and registry): what
- * createStack builds, with the breaker made at setup. Not part of the public API.
- * @internal
+ * @internal The stack's circuit breaker (createStack builds it), named 'stack' unless the config
+ * names it: made at setup on the stack's stores, logger and registry.
  */
-export function createCircuitBreaker(options: CircuitBreakerOptions = {}, stackRuntime?: PerimeterRuntime): CircuitBreakerHandler {
-  checkOptions('circuitBreaker', options, KNOWN);
-  const settings = breakerSettings(options, 'circuitBreaker');
-  const fixedName = options.name === undefined ? undefined : breakerName(options.name, 'circuitBreaker.name');
-  const fallback = compileFallback(options.fallback);
-  const ownStores = options.stores;
-  if (ownStores !== undefined && (typeof ownStores !== 'object' || typeof ownStores.create !== 'function')) {
-    throw new ConfigError('circuitBreaker.stores', `expected a Stores object such as stack.stores, got ${describe(ownStores)}`);
-  }
+export function stackCircuitBreaker(options: CircuitBreakerOptions, { runtime }: EntryContext): CircuitBreakerHandler {
+  return buildCircuitBreaker({ name: 'stack', ...options }, runtime);
+}
+
+function buildCircuitBreaker(options: CircuitBreakerOptions, stackRuntime: PerimeterRuntime | undefined): CircuitBreakerHandler {
+  const o = parseOptions(options);
+  const settings = settingsOf(o, 'circuitBreaker');
+  const { name: fixedName, fallback, stores: ownStores } = o;
   const stateFactory = breakerStateStore();
   const groups: BreakerGroup[] = [];
 
@@ -226,11 +230,11 @@ function timedOut(res: Response, status: number): boolean {
   return req !== undefined && (abortReasonOf(req) as { code?: unknown } | undefined)?.code === 'GATEWAY_TIMEOUT';
 }
 
-function compileFallback(fallback: CircuitBreakerOptions['fallback']): Fallback | undefined {
+function compileFallback(fallback: unknown, path: string): Fallback | undefined {
   if (fallback === undefined) return undefined;
   if (typeof fallback === 'function') {
     if (fallback.length >= 4) {
-      throw new ConfigError('circuitBreaker.fallback', 'expected a handler (req, res, next), got a function of four parameters (an Express error handler); the open-circuit error is not passed to it');
+      throw new ConfigError(path, 'expected a handler (req, res, next), got a function of four parameters (an Express error handler); the open-circuit error is not passed to it');
     }
     return function circuitFallback(req, res, next, err) {
       // next() with no error means "no fallback after all": answer the usual 503.
@@ -244,18 +248,18 @@ function compileFallback(fallback: CircuitBreakerOptions['fallback']): Fallback 
     };
   }
   if (fallback === null || typeof fallback !== 'object' || Array.isArray(fallback)) {
-    throw new ConfigError('circuitBreaker.fallback', `expected a handler (req, res, next), a { status, body } response or an object to send as JSON, got ${describe(fallback)}`);
+    throw new ConfigError(path, `expected a handler (req, res, next), a { status, body } response or an object to send as JSON, got ${describe(fallback)}`);
   }
   const response = fallback as Record<string, unknown>;
   const keys = Object.keys(response);
   const isResponse = typeof response.status === 'number' && 'body' in response && keys.length === 2;
   const status = isResponse ? response.status : 200;
   if (typeof status !== 'number' || !Number.isInteger(status) || status < 200 || status > 599) {
-    throw new ConfigError('circuitBreaker.fallback.status', `expected an HTTP status from 200 to 599, got ${describe(status)}`);
+    throw new ConfigError(`${path}.status`, `expected an HTTP status from 200 to 599, got ${describe(status)}`);
   }
   // Serialised once: the open circuit answers many requests with the same bytes.
   const payload = JSON.stringify(isResponse ? response.body : response);
-  if (payload === undefined) throw new ConfigError('circuitBreaker.fallback.body', 'expected a value that JSON can represent');
+  if (payload === undefined) throw new ConfigError(`${path}.body`, 'expected a value that JSON can represent');
   return function circuitFallbackResponse(_req, res) {
     res.status(status).set('Content-Type', 'application/json; charset=utf-8').send(payload);
   };

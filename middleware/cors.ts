@@ -1,11 +1,24 @@
 import type { RequestHandler } from 'express';
 import corsPackage, { type CorsOptions } from 'cors';
 import { ConfigError } from '../lib/errors';
-import { refuseRequest } from '../lib/options';
+import { defineOptions, passThrough } from '../lib/options';
 import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link cors}: the `cors` package's options, checked at setup. */
 export type PerimeterCorsOptions = CorsOptions;
+
+// The `cors` package's options; it checks their values, and the origins are checked below.
+const corsOption = passThrough<unknown>("the cors package's option of that name");
+const parseOptions = defineOptions<PerimeterCorsOptions>()('cors', {
+  origin: corsOption,
+  methods: corsOption,
+  allowedHeaders: corsOption,
+  exposedHeaders: corsOption,
+  credentials: corsOption,
+  maxAge: corsOption,
+  preflightContinue: corsOption,
+  optionsSuccessStatus: corsOption,
+});
 
 /**
  * The `cors` package, with setup checks: `origin: '*'` (or `true`) together with
@@ -13,13 +26,9 @@ export type PerimeterCorsOptions = CorsOptions;
  */
 export function cors(options?: PerimeterCorsOptions): PerimeterHandler;
 export function cors(options: PerimeterCorsOptions = {}): RequestHandler {
-  refuseRequest('cors', options);
-  if (options === null || typeof options !== 'object') {
-    throw new ConfigError('cors', 'expected an options object like { origin: [\'https://app.example.com\'] }');
-  }
-  const origin = options.origin;
+  const { origin, credentials } = parseOptions(options);
   const wildcard = origin === '*' || origin === true || (Array.isArray(origin) && origin.includes('*'));
-  if (wildcard && options.credentials === true) {
+  if (wildcard && credentials === true) {
     throw new ConfigError('cors.origin', "'*' with credentials: true is refused by browsers; list the origins instead (origin: ['https://app.example.com'])");
   }
   if (Array.isArray(origin)) {
@@ -29,7 +38,7 @@ export function cors(options: PerimeterCorsOptions = {}): RequestHandler {
       }
     }
   }
-  const handler = corsPackage(options);
+  const handler = corsPackage(options ?? {});
   return function corsMiddleware(req, res, next) {
     handler(req, res, next);
   };

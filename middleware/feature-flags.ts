@@ -1,27 +1,19 @@
 import type { NextFunction, Request, Response } from 'express';
 import { ConfigError } from '../lib/errors';
-import {
-  checkFlagName,
-  compileFlag,
-  compileFlags,
-  definitionsOf,
-  flagSet,
-  type CompiledFlag,
-  type FlagDefinition,
-  type FlagInput,
-  type FlagSet,
-} from '../lib/flags/definition';
-import { evaluateFlag, type FlagResult, type FlagSubject } from '../lib/flags/evaluate';
+import { compileFlags, type CompiledFlag, type FlagDefinition, type FlagInput } from '../lib/flags/definition';
+import type { FlagResult, FlagSubject } from '../lib/flags/evaluate';
+import { LiveFlags } from '../lib/flags/live-flags';
 import { countryReader, DEFAULT_COUNTRY_HEADERS, RequestFeatureSet } from '../lib/flags/request-features';
 import { fileSource, storeSource, type FlagSource } from '../lib/flags/sources';
 import { defaultLogger, type Logger } from '../lib/logger';
-import { checkOptions } from '../lib/options';
+import { defineOptions, duration, loggerOption, option, passThrough, storesOption } from '../lib/options';
 import { standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { flagsStore } from '../lib/stores/flags-store';
 import { RedisStores } from '../lib/stores/redis';
 import type { RedisOption } from '../lib/stores/redis-connection';
 import type { Stores } from '../lib/stores/types';
 import { describe, parseDuration } from '../lib/units';
+import type { EntryContext } from '../lib/stack-entries';
 import type { PerimeterHandler } from '../types/express-augment';
 
 export type { FlagDefinition, FlagInput } from '../lib/flags/definition';
@@ -89,8 +81,23 @@ declare module '../lib/create-stack' {
   }
 }
 
-const KNOWN = ['flags', 'source', 'countryHeaders', 'syncInterval', 'stores', 'redis', 'logger'] as const;
-const FILE_KEYS = ['file', 'pollInterval', 'debounce'] as const;
+// Every option of featureFlags() once: its default and its check (the interface's JSDoc is its doc).
+// `source` and the options only it uses are checked together, in sourceOf.
+const parseOptions = defineOptions<FeatureFlagsOptions>()('featureFlags', {
+  flags: option('flags by name: definitions, or booleans', (value, path) => new Map(compileFlags(value as Record<string, FlagInput> | undefined, path).byName), '{}'),
+  source: passThrough<FlagSourceOption>("an object of flags, a JSON file path, { file } or 'redis'"),
+  countryHeaders: option("header names like ['CF-IPCountry']", countryHeaderNames, JSON.stringify(DEFAULT_COUNTRY_HEADERS)),
+  syncInterval: option("a duration of at least 100 ms like '30s'", syncInterval, "'30s'"),
+  stores: storesOption(),
+  redis: passThrough<RedisOption>('a Redis URL or an ioredis client'),
+  logger: loggerOption(),
+});
+
+const parseFileSource = defineOptions<FlagFileSource>()('featureFlags.source', {
+  file: passThrough<string>('a path ending in .json'),
+  pollInterval: option("a duration like '2s'", (value, path) => Math.max(10, parseDuration(value ?? '2s', path)), "'2s'"),
+  debounce: duration('100ms'),
+});
 
 /**
  * Feature flags per request: `req.features.isEnabled(name)` and `req.features.all()`, each flag
@@ -100,157 +107,22 @@ const FILE_KEYS = ['file', 'pollInterval', 'debounce'] as const;
  * fails validation is refused while the flags in force stay.
  */
 export function featureFlags(options: FeatureFlagsOptions = {}): FeatureFlagsHandler {
-  return createFeatureFlags(options);
+  return buildFeatureFlags(options, undefined);
 }
 
-/**
- * {@link featureFlags} bound to a stack's runtime (its stores and logger): what createStack builds.
- * Not part of the public API.
- * @internal
- */
-export function createFeatureFlags(options: FeatureFlagsOptions = {}, stackRuntime?: PerimeterRuntime): FeatureFlagsHandler {
-  checkOptions('featureFlags', options, KNOWN);
-  const base = new Map(compileFlags(options.flags, 'featureFlags.flags').byName);
-  const headers = options.countryHeaders ?? DEFAULT_COUNTRY_HEADERS;
-  if (!Array.isArray(headers) || headers.some((h) => typeof h !== 'string' || !/^[A-Za-z0-9-]+$/.test(h))) {
-    throw new ConfigError('featureFlags.countryHeaders', `expected an array of header names like ['CF-IPCountry'], got ${describe(headers)}`);
-  }
-  const readCountry = countryReader(headers);
-  const syncIntervalMs = parseDuration(options.syncInterval ?? '30s', 'featureFlags.syncInterval');
-  if (syncIntervalMs < 100) throw new ConfigError('featureFlags.syncInterval', `expected at least 100 ms, got ${syncIntervalMs}`);
-  if (options.logger !== undefined && (typeof options.logger !== 'object' || typeof options.logger?.error !== 'function')) {
-    throw new ConfigError('featureFlags.logger', `expected a winston logger, got ${describe(options.logger)}`);
-  }
-  if (options.stores !== undefined && (typeof options.stores !== 'object' || typeof options.stores?.create !== 'function')) {
-    throw new ConfigError('featureFlags.stores', `expected a Stores object such as stack.stores, got ${describe(options.stores)}`);
-  }
-  if (options.stores !== undefined && options.redis !== undefined) {
-    throw new ConfigError('featureFlags.redis', 'give either stores or redis, not both: stores already says where the flags live');
-  }
-  const logger = options.logger ?? stackRuntime?.logger ?? defaultLogger();
+/** @internal The stack's feature flags (createStack builds them): source 'redis' on the stack's stores, the stack's logger. */
+export function stackFeatureFlags(options: FeatureFlagsOptions, { runtime }: EntryContext): FeatureFlagsHandler {
+  return buildFeatureFlags(options, runtime);
+}
 
-  let ownStores: RedisStores | undefined;
-  let source: FlagSource | undefined;
-  const chosen = options.source;
-  if (chosen === 'redis') {
-    ownStores = options.redis !== undefined ? new RedisStores(options.redis, { logger }) : undefined;
-    const stores = options.stores ?? ownStores ?? stackRuntime?.stores ?? standaloneRuntime().stores;
-    source = storeSource(stores.create(flagsStore()), syncIntervalMs, 'featureFlags.source');
-  } else if (options.redis !== undefined || options.stores !== undefined) {
-    throw new ConfigError(options.redis !== undefined ? 'featureFlags.redis' : 'featureFlags.stores', "only applies to source: 'redis'; remove it or set source: 'redis'");
-  } else if (typeof chosen === 'string') {
-    if (!chosen.endsWith('.json')) {
-      throw new ConfigError('featureFlags.source', `expected 'redis', a path ending in .json, { file }, or an object of flags, got '${chosen}'`);
-    }
-    source = fileSource(chosen, { pollIntervalMs: 2000, debounceMs: 100 }, 'featureFlags.source');
-  } else if (chosen !== undefined && chosen !== null && typeof chosen === 'object' && !Array.isArray(chosen) && typeof (chosen as FlagFileSource).file === 'string') {
-    const file = checkOptions('featureFlags.source', chosen as FlagFileSource, FILE_KEYS);
-    source = fileSource(
-      file.file,
-      {
-        pollIntervalMs: Math.max(10, parseDuration(file.pollInterval ?? '2s', 'featureFlags.source.pollInterval')),
-        debounceMs: parseDuration(file.debounce ?? '100ms', 'featureFlags.source.debounce'),
-      },
-      'featureFlags.source',
-    );
-  } else if (chosen !== undefined) {
-    // An object of flags: the same as `flags`, laid over it.
-    for (const [name, flag] of compileFlags(chosen, 'featureFlags.source').byName) base.set(name, flag);
-  }
-  const origin = source === undefined ? 'options' : source.origin;
-  const sourceOption = source === undefined ? 'featureFlags.flags' : `featureFlags[${origin}]`;
-
-  // The source's flags, laid over `base` by name; `current` is replaced whole, never mutated, so a
-  // request keeps one consistent snapshot however a reload interleaves with it.
-  let overlay = new Map<string, CompiledFlag>();
-  if (source?.initial !== undefined) overlay = new Map(compileFlags(source.initial, sourceOption).byName);
-  let current: FlagSet = merged();
-  const listeners = new Set<(changed: string[]) => void>();
-  let lastFailure: string | undefined;
-
-  function merged(): FlagSet {
-    const all = new Map(base);
-    for (const [name, flag] of overlay) all.set(name, flag);
-    return flagSet(all);
-  }
-
-  /** Puts a new snapshot in force; returns the names of the flags it changed. */
-  function swap(): string[] {
-    const before = current;
-    current = merged();
-    const changed = changedNames(before, current);
-    if (changed.length === 0) return changed;
-    for (const listener of listeners) {
-      try {
-        listener(changed);
-      } catch (err) {
-        logger.error('A featureFlags change listener threw', { code: 'FEATURE_FLAGS_LISTENER_ERROR', err: { name: (err as Error).name, message: (err as Error).message } });
-      }
-    }
-    return changed;
-  }
-
-  async function load(force: boolean): Promise<void> {
-    if (source === undefined) return;
-    try {
-      const raw = await source.load(force);
-      if (raw === undefined) return;
-      const next = compileFlags(raw, sourceOption);
-      overlay = new Map(next.byName);
-      const changed = swap();
-      lastFailure = undefined;
-      if (changed.length > 0) logger.info('Feature flags reloaded', { code: 'FEATURE_FLAGS_RELOADED', source: origin, flags: current.list.length, changed });
-    } catch (err) {
-      const e = err as Error;
-      // Logged once per distinct failure: a bad file or an outage is not repeated every poll.
-      if (e.message !== lastFailure) {
-        lastFailure = e.message;
-        const invalid = e instanceof ConfigError || e instanceof SyntaxError;
-        logger.error(
-          invalid
-            ? 'Feature flags from the source were refused; the flags in force stay until a valid set arrives'
-            : 'Feature flags could not be read from the source; the flags in force stay until it answers',
-          { code: invalid ? 'FEATURE_FLAGS_INVALID' : 'FEATURE_FLAGS_SOURCE_ERROR', source: origin, reason: e.message },
-        );
-      }
-      throw err;
-    }
-  }
-
-  // One load at a time; a reload asked for meanwhile runs once after it, so it sees every change
-  // announced before it was asked for.
-  let running: Promise<void> | undefined;
-  let queued: Promise<void> | undefined;
-  function reload(force: boolean): Promise<void> {
-    if (running === undefined) {
-      running = load(force).finally(() => {
-        running = undefined;
-      });
-      return running;
-    }
-    queued ??= running
-      .catch(() => undefined)
-      .then(() => {
-        queued = undefined;
-        return reload(true);
-      });
-    return queued;
-  }
-
-  let firstLoad: Promise<void> = Promise.resolve();
-  let closed = false;
-  if (source !== undefined) {
-    const watching = source.watch(() => {
-      if (!closed) void reload(false).catch(() => undefined);
-    });
-    // The file was read at setup; the shared store is read now, without holding up any request,
-    // and once more when the subscription is in place: a change announced between the first read
-    // and the subscription would otherwise wait for the next sync.
-    if (source.initial === undefined) {
-      const loading = reload(true).catch(() => undefined);
-      firstLoad = Promise.all([loading, watching.then(() => (closed ? undefined : reload(true).catch(() => undefined)))]).then(() => undefined);
-    }
-  }
+function buildFeatureFlags(options: FeatureFlagsOptions, stackRuntime: PerimeterRuntime | undefined): FeatureFlagsHandler {
+  const o = parseOptions(options);
+  const readCountry = countryReader(o.countryHeaders);
+  const logger = o.logger ?? stackRuntime?.logger ?? defaultLogger();
+  const { source, ownStores, flags: fromSource } = sourceOf(o, logger, stackRuntime);
+  // An object given as the source is the same as `flags`, laid over it.
+  for (const [name, flag] of fromSource) o.flags.set(name, flag);
+  const flags = new LiveFlags(o.flags, source, logger);
 
   const handler = function featureFlagsMiddleware(req: Request, res: Response, next: NextFunction): void {
     const ctx = req.context;
@@ -259,7 +131,7 @@ export function createFeatureFlags(options: FeatureFlagsOptions = {}, stackRunti
       country = readCountry(req);
       if (country !== undefined && ctx !== undefined) ctx.country = country;
     }
-    const snapshot = current;
+    const snapshot = flags.current;
     const features = new RequestFeatureSet(snapshot, req, country);
     req.features = features;
     const exposed = snapshot.exposed;
@@ -269,70 +141,69 @@ export function createFeatureFlags(options: FeatureFlagsOptions = {}, stackRunti
     next();
   } as FeatureFlagsHandler;
 
-  handler.set = async (name: string, flag: FlagInput): Promise<void> => {
-    const option = `featureFlags.set('${String(name)}')`;
-    const compiled = compileFlag(checkFlagName(name, option), flag, option);
-    if (source === undefined) {
-      base.set(name, compiled);
-      swap();
-      return;
-    }
-    if (source.set === undefined) {
-      throw new ConfigError(option, `flags come from ${origin}; edit that file (it is reloaded on change) instead of calling set()`);
-    }
-    await source.set(name, compiled.definition);
-    overlay = new Map(overlay).set(name, compiled);
-    swap();
-  };
-
-  handler.delete = async (name: string): Promise<void> => {
-    const option = `featureFlags.delete('${String(name)}')`;
-    checkFlagName(name, option);
-    if (source === undefined) {
-      base.delete(name);
-      swap();
-      return;
-    }
-    if (source.delete === undefined) {
-      throw new ConfigError(option, `flags come from ${origin}; edit that file (it is reloaded on change) instead of calling delete()`);
-    }
-    await source.delete(name);
-    const next = new Map(overlay);
-    next.delete(name);
-    overlay = next;
-    swap();
-  };
-
-  handler.definitions = () => definitionsOf(current);
-  handler.evaluate = (name: string, subject: FlagSubject = {}): FlagResult | undefined => {
-    const flag = current.byName.get(name);
-    return flag === undefined ? undefined : evaluateFlag(flag, subject);
-  };
-  handler.reload = () => reload(true);
-  handler.ready = () => firstLoad;
-  handler.onChange = (listener) => {
-    listeners.add(listener);
-    return () => {
-      listeners.delete(listener);
-    };
-  };
-  handler.close = async (): Promise<void> => {
-    if (closed) return;
-    closed = true;
-    listeners.clear();
-    await source?.close();
-    await ownStores?.close();
-  };
+  handler.set = (name, flag) => flags.set(name, flag);
+  handler.delete = (name) => flags.delete(name);
+  handler.definitions = () => flags.definitions();
+  handler.evaluate = (name, subject = {}) => flags.evaluate(name, subject);
+  handler.reload = () => flags.reload(true);
+  handler.ready = () => flags.firstLoad;
+  handler.onChange = (listener) => flags.onChange(listener);
+  let closing: Promise<void> | undefined;
+  handler.close = () =>
+    (closing ??= (async () => {
+      await flags.close();
+      await ownStores?.close();
+    })());
   return handler;
 }
 
-/** Names whose definition differs between two snapshots (added, removed or changed). */
-function changedNames(before: FlagSet, after: FlagSet): string[] {
-  const changed: string[] = [];
-  for (const flag of after.list) {
-    const old = before.byName.get(flag.name);
-    if (old === undefined || (old !== flag && JSON.stringify(old.definition) !== JSON.stringify(flag.definition))) changed.push(flag.name);
+type Parsed = ReturnType<typeof parseOptions>;
+
+/**
+ * Where flags come from after setup: the shared store ('redis'), a watched JSON file, or nothing
+ * (an object source is compiled into `flags` here). `stores` and `redis` only mean something for 'redis'.
+ */
+function sourceOf(
+  o: Parsed,
+  logger: Logger,
+  stackRuntime: PerimeterRuntime | undefined,
+): { source: FlagSource | undefined; ownStores: RedisStores | undefined; flags: Map<string, CompiledFlag> } {
+  const chosen = o.source;
+  if (o.stores !== undefined && o.redis !== undefined) {
+    throw new ConfigError('featureFlags.redis', 'give either stores or redis, not both: stores already says where the flags live');
   }
-  for (const flag of before.list) if (!after.byName.has(flag.name)) changed.push(flag.name);
-  return changed;
+  if (chosen === 'redis') {
+    const ownStores = o.redis !== undefined ? new RedisStores(o.redis, { logger }) : undefined;
+    const stores = o.stores ?? ownStores ?? stackRuntime?.stores ?? standaloneRuntime().stores;
+    return { source: storeSource(stores.create(flagsStore()), o.syncInterval, 'featureFlags.source'), ownStores, flags: new Map() };
+  }
+  if (o.redis !== undefined || o.stores !== undefined) {
+    throw new ConfigError(o.redis !== undefined ? 'featureFlags.redis' : 'featureFlags.stores', "only applies to source: 'redis'; remove it or set source: 'redis'");
+  }
+  if (typeof chosen === 'string') {
+    if (!chosen.endsWith('.json')) {
+      throw new ConfigError('featureFlags.source', `expected 'redis', a path ending in .json, { file }, or an object of flags, got '${chosen}'`);
+    }
+    return { source: fileSource(chosen, { pollIntervalMs: 2000, debounceMs: 100 }, 'featureFlags.source'), ownStores: undefined, flags: new Map() };
+  }
+  if (chosen !== undefined && chosen !== null && typeof chosen === 'object' && !Array.isArray(chosen) && typeof (chosen as FlagFileSource).file === 'string') {
+    const file = parseFileSource(chosen as FlagFileSource);
+    return { source: fileSource(file.file as string, { pollIntervalMs: file.pollInterval, debounceMs: file.debounce }, 'featureFlags.source'), ownStores: undefined, flags: new Map() };
+  }
+  const flags = new Map(chosen === undefined ? [] : compileFlags(chosen, 'featureFlags.source').byName);
+  return { source: undefined, ownStores: undefined, flags };
+}
+
+function countryHeaderNames(value: unknown, path: string): string[] {
+  const headers = value ?? DEFAULT_COUNTRY_HEADERS;
+  if (!Array.isArray(headers) || headers.some((h) => typeof h !== 'string' || !/^[A-Za-z0-9-]+$/.test(h))) {
+    throw new ConfigError(path, `expected an array of header names like ['CF-IPCountry'], got ${describe(headers)}`);
+  }
+  return headers as string[];
+}
+
+function syncInterval(value: unknown, path: string): number {
+  const ms = parseDuration(value ?? '30s', path);
+  if (ms < 100) throw new ConfigError(path, `expected at least 100 ms, got ${ms}`);
+  return ms;
 }

@@ -4,8 +4,9 @@ import { ConfigError } from '../lib/errors';
 import { markProbe } from '../lib/lifecycle/probe';
 import { Readiness, type NamedCheck, type ReadinessReport } from '../lib/lifecycle/readiness';
 import type { Logger } from '../lib/logger';
-import { checkOptions } from '../lib/options';
+import { defineOptions, flag, loggerOption, option, passThrough, positiveDuration } from '../lib/options';
 import type { PerimeterRuntime } from '../lib/runtime';
+import type { EntryContext } from '../lib/stack-entries';
 import { describe, parseDuration } from '../lib/units';
 
 export type { ReadinessReport, CheckReport } from '../lib/lifecycle/readiness';
@@ -52,7 +53,17 @@ declare module '../lib/create-stack' {
   }
 }
 
-const KNOWN_OPTIONS = ['path', 'readyPath', 'checks', 'timeout', 'cacheFor', 'exposeErrors', 'logger'] as const;
+// Every option of health() once: its default and its check (the interface's JSDoc is its doc).
+// `checks` are checked against the stack's own checks, below.
+const parseOptions = defineOptions<HealthOptions>()('health', {
+  path: option("a path like '/health', or false", (value, path) => checkPath(path, value ?? '/health'), "'/health'"),
+  readyPath: option("a path like '/health/ready', or false", (value, path) => checkPath(path, value ?? '/health/ready'), "'/health/ready'"),
+  checks: passThrough<HealthOptions['checks']>('checks by name: (signal) => Promise, or { check, timeout }'),
+  timeout: positiveDuration('2s'),
+  cacheFor: option("a duration of at most '1s'", cacheDuration, "'1s'"),
+  exposeErrors: flag(),
+  logger: loggerOption(),
+});
 const LIVE_BODY = '{"status":"ok"}';
 const MAX_CACHE_MS = 1000;
 
@@ -64,25 +75,23 @@ const MAX_CACHE_MS = 1000;
  * timeout, and caches the report for `cacheFor`.
  */
 export function health(options: HealthOptions = {}): HealthHandler {
-  return createHealth(options);
+  return buildHealth(options, undefined);
 }
 
-/** {@link health} with the stack's store checks and logger (createStack's builder). */
-export function createHealth(options: HealthOptions, runtime?: PerimeterRuntime): HealthHandler {
-  checkOptions('health', options, KNOWN_OPTIONS);
-  const livePath = checkPath('health.path', options.path ?? '/health');
-  const readyPath = checkPath('health.readyPath', options.readyPath ?? '/health/ready');
-  const timeoutMs = positive('health.timeout', options.timeout ?? '2s');
-  const cacheMs = parseDuration(options.cacheFor ?? '1s', 'health.cacheFor');
-  if (cacheMs > MAX_CACHE_MS) {
-    throw new ConfigError('health.cacheFor', `readiness may be cached for at most 1s so a load balancer sees an outage quickly, got ${describe(options.cacheFor)}`);
-  }
+/** @internal The stack's health (createStack builds it): readiness includes the stack's stores, changes go to its logger. */
+export function stackHealth(options: HealthOptions, { runtime }: EntryContext): HealthHandler {
+  return buildHealth(options, runtime);
+}
+
+function buildHealth(options: HealthOptions, runtime: PerimeterRuntime | undefined): HealthHandler {
+  const o = parseOptions(options);
+  const { path: livePath, readyPath, timeout: timeoutMs } = o;
   const checks: NamedCheck[] = (runtime?.stores.readiness ?? []).map((store) => ({
     name: store.name,
     timeoutMs,
     run: () => store.check(timeoutMs),
   }));
-  for (const [name, value] of Object.entries(options.checks ?? {})) {
+  for (const [name, value] of Object.entries(o.checks ?? {})) {
     if (checks.some((c) => c.name === name)) {
       throw new ConfigError(`health.checks.${name}`, `'${name}' is the stack's own check of its store; give your check another name`);
     }
@@ -91,12 +100,12 @@ export function createHealth(options: HealthOptions, runtime?: PerimeterRuntime)
       throw new ConfigError(`health.checks.${name}`, 'expected a function (signal) => Promise, or { check, timeout }');
     }
     const own = typeof value === 'function' ? undefined : value.timeout;
-    checks.push({ name, timeoutMs: own === undefined ? timeoutMs : positive(`health.checks.${name}.timeout`, own), run: fn });
+    checks.push({ name, timeoutMs: own === undefined ? timeoutMs : positiveDuration().parse(own, `health.checks.${name}.timeout`) ?? timeoutMs, run: fn });
   }
   const readiness = new Readiness(checks, {
-    cacheMs,
-    exposeErrors: options.exposeErrors ?? process.env.NODE_ENV !== 'production',
-    logger: options.logger ?? runtime?.logger,
+    cacheMs: o.cacheFor,
+    exposeErrors: o.exposeErrors ?? process.env.NODE_ENV !== 'production',
+    logger: o.logger ?? runtime?.logger,
   });
 
   const handler = function healthMiddleware(req: Request, res: Response, next: (err?: unknown) => void) {
@@ -144,8 +153,10 @@ function checkPath(option: string, path: unknown): string | false {
   return path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
 }
 
-function positive(option: string, value: unknown): number {
-  const ms = parseDuration(value, option);
-  if (ms <= 0) throw new ConfigError(option, `expected a duration above zero like '2s', got ${describe(value)}`);
+function cacheDuration(value: unknown, path: string): number {
+  const ms = parseDuration(value ?? '1s', path);
+  if (ms > MAX_CACHE_MS) {
+    throw new ConfigError(path, `readiness may be cached for at most 1s so a load balancer sees an outage quickly, got ${describe(value)}`);
+  }
   return ms;
 }

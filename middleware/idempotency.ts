@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import type { OutgoingHttpHeaders } from 'node:http';
 import type { NextFunction, Request, Response } from 'express';
+import type { EntryContext } from '../lib/stack-entries';
 import type { PerimeterHandler } from '../types/express-augment';
 import type { Counter } from 'prom-client';
 import { HttpError, ServiceUnavailableError } from '../lib/errors';
@@ -311,12 +312,13 @@ export function idempotency(options: IdempotencyOptions = {}): IdempotencyHandle
 }
 
 /**
- * {@link idempotency} as createStack builds it: unless `lockTtl` is given, a request holds its
- * key for twice the stack's timeout when that is longer than the default, so a handler still
- * running after its 504 keeps the key.
+ * @internal {@link idempotency} as createStack builds it: unless `lockTtl` is given, a request
+ * holds its key for twice the stack's timeout when that is longer than the default, so a handler
+ * still running after its 504 keeps the key.
  */
-export function stackIdempotency(options: IdempotencyOptions, timeoutOption: unknown): IdempotencyHandler {
+export function stackIdempotency(options: IdempotencyOptions, { config }: EntryContext): IdempotencyHandler {
   if (options.lockTtl !== undefined) return idempotency(options);
+  const timeoutOption: unknown = config.timeout;
   let timeoutMs = 30_000;
   if (timeoutOption === false) timeoutMs = 0;
   else if (typeof timeoutOption === 'object' && timeoutOption !== null && (timeoutOption as { ms?: unknown }).ms !== undefined) {

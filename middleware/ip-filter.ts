@@ -5,13 +5,14 @@ import { checkForwardedFor } from '../lib/forwarded-for';
 import { IpList, parseIp } from '../lib/ip-list';
 import type { Logger } from '../lib/logger';
 import { counter as metricCounter } from '../lib/metrics-registry';
-import { checkOptions } from '../lib/options';
+import { defineOptions, loggerOption, option, positiveDuration } from '../lib/options';
 import { loggerOf, runtimeOf, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { ipBlocklistStore, type IpBlock, type IpBlocklist } from '../lib/stores/ip-blocklist';
 import type { CounterStore, Stores } from '../lib/stores/types';
-import { describe, parseDuration } from '../lib/units';
+import { describe } from '../lib/units';
 import { clientIp, invalidClientAddress } from '../lib/client-ip';
 import { onResponseDone } from '../lib/response-done';
+import type { EntryContext } from '../lib/stack-entries';
 import type { PerimeterHandler } from '../types/express-augment';
 
 export type { IpBlock } from '../lib/stores/ip-blocklist';
@@ -72,8 +73,28 @@ declare module '../lib/create-stack' {
 /** Why a request was refused, as `details.reason` of the 403. */
 export type IpFilterReason = 'blocked' | 'denied' | 'not_allowed';
 
-const KNOWN_OPTIONS = ['allow', 'deny', 'paths', 'autoBan', 'syncInterval', 'stores', 'logger'] as const;
-const AUTO_BAN_DEFAULTS = { after: 20, within: '1m', for: '15m', statuses: [401, 403, 429] };
+// Every option of ipFilter() once: its default and its check (the interface's JSDoc is its doc).
+const parseOptions = defineOptions<IpFilterOptions>()('ipFilter', {
+  allow: option("addresses and CIDRs like ['10.0.0.0/8']", ruleList),
+  deny: option("addresses and CIDRs like ['203.0.113.7']", ruleList),
+  paths: option("rules by path prefix like { '/admin': { allow: ['10.0.0.0/8'] } }", parsePaths),
+  autoBan: option('false, true or { after, within, for, statuses }', parseAutoBan, 'false'),
+  syncInterval: positiveDuration('30s'),
+  stores: option('stores such as stack.stores or new MemoryStores()', checkStores),
+  logger: loggerOption(),
+});
+
+const parseRules = defineOptions<IpRules>()('ipFilter.paths[path]', {
+  allow: option("addresses and CIDRs like ['10.0.0.0/8']", ruleList),
+  deny: option("addresses and CIDRs like ['203.0.113.7']", ruleList),
+});
+
+const parseAutoBanOptions = defineOptions<AutoBanOptions>()('ipFilter.autoBan', {
+  after: option('a whole number of refused requests, at least 1', refusalCount, '20'),
+  within: positiveDuration('1m'),
+  for: positiveDuration('15m'),
+  statuses: option('4xx/5xx statuses like [401, 403, 429]', refusalStatuses, '[401, 403, 429]'),
+});
 // Says nothing of the lists, the address or the reason's source: the client learns only "no".
 const MESSAGE = 'Access from this address is not allowed.';
 
@@ -100,26 +121,16 @@ interface FilterState {
  * `198.51.100.9`; an address that cannot be parsed is refused with 400 BAD_REQUEST.
  */
 export function ipFilter(options: IpFilterOptions = {}): IpFilterHandler {
-  return createIpFilter(options);
+  return buildIpFilter(options, undefined);
 }
 
-/**
- * {@link ipFilter} bound to a stack's runtime (its stores, logger and registry): what createStack
- * builds. Not part of the public API.
- * @internal
- */
-export function createIpFilter(options: IpFilterOptions = {}, stackRuntime?: PerimeterRuntime): IpFilterHandler {
-  checkOptions('ipFilter', options, KNOWN_OPTIONS);
-  const allow = ruleList(options.allow, 'ipFilter.allow');
-  const deny = ruleList(options.deny, 'ipFilter.deny');
-  const pathRules = parsePaths(options.paths);
-  const autoBan = parseAutoBan(options.autoBan);
-  const syncIntervalMs = positiveDuration(options.syncInterval ?? '30s', 'ipFilter.syncInterval');
-  const ownStores = options.stores === undefined ? undefined : checkStores(options.stores);
-  const ownLogger = options.logger;
-  if (ownLogger !== undefined && (typeof ownLogger !== 'object' || typeof ownLogger.warn !== 'function')) {
-    throw new ConfigError('ipFilter.logger', `expected a winston logger, got ${describe(ownLogger)}`);
-  }
+/** @internal The stack's IP filter (createStack builds it): on the stack's stores, logger and registry, so block() works at once. */
+export function stackIpFilter(options: IpFilterOptions, { runtime }: EntryContext): IpFilterHandler {
+  return buildIpFilter(options, runtime);
+}
+
+function buildIpFilter(options: IpFilterOptions, stackRuntime: PerimeterRuntime | undefined): IpFilterHandler {
+  const { allow, deny, paths: pathRules, autoBan, syncInterval: syncIntervalMs, stores: ownStores, logger: ownLogger } = parseOptions(options);
   const blocklistFactory = ipBlocklistStore({ syncIntervalMs });
 
   const build = (rt: PerimeterRuntime): FilterState => ({
@@ -207,7 +218,7 @@ export function createIpFilter(options: IpFilterOptions = {}, stackRuntime?: Per
   const methodState = (): FilterState => homeState ?? stateFor(standaloneRuntime());
   handler.block = async (ip: string, ttl?: number | string): Promise<void> => {
     const canonical = checkIp(ip, 'ipFilter.block');
-    const ttlMs = ttl === undefined ? undefined : positiveDuration(ttl, 'ipFilter.block ttl');
+    const ttlMs = ttl === undefined ? undefined : positiveDuration().parse(ttl, 'ipFilter.block ttl');
     const state = methodState();
     const blocking = state.blocklist.block(canonical, ttlMs);
     state.bans.inc({ reason: 'manual' });
@@ -301,23 +312,21 @@ function ruleList(entries: unknown, option: string): IpList | undefined {
   return list.size === 0 ? undefined : list;
 }
 
-function parsePaths(paths: unknown): PathRule[] {
+function parsePaths(paths: unknown, at: string): PathRule[] {
   if (paths === undefined) return [];
   if (paths === null || typeof paths !== 'object' || Array.isArray(paths)) {
-    throw new ConfigError('ipFilter.paths', `expected an object like { '/admin': { allow: ['10.0.0.0/8'] } }, got ${describe(paths)}`);
+    throw new ConfigError(at, `expected an object like { '/admin': { allow: ['10.0.0.0/8'] } }, got ${describe(paths)}`);
   }
   const rules: PathRule[] = [];
   const seen = new Map<string, string>();
   for (const [path, value] of Object.entries(paths as Record<string, unknown>)) {
-    const option = `ipFilter.paths['${path}']`;
+    const option = `${at}['${path}']`;
     if (!path.startsWith('/')) throw new ConfigError(option, `a path prefix must start with '/', like '/admin'`);
-    const rule = checkOptions(option, value as IpRules, ['allow', 'deny']);
+    const { allow, deny } = parseRules(value as IpRules, option);
     const prefix = path.length > 1 ? path.toLowerCase().replace(/\/+$/, '') || '/' : '/';
     const twin = seen.get(prefix);
     if (twin !== undefined) throw new ConfigError(option, `covers the same paths as '${twin}' (paths match case-insensitively, trailing '/' ignored); merge the two`);
     seen.set(prefix, path);
-    const allow = ruleList(rule.allow, `${option}.allow`);
-    const deny = ruleList(rule.deny, `${option}.deny`);
     if (allow === undefined && deny === undefined) throw new ConfigError(option, 'has no addresses in allow or deny; add some or remove the path');
     rules.push({ prefix, allow, deny });
   }
@@ -331,37 +340,35 @@ interface AutoBan {
   statuses: Set<number>;
 }
 
-function parseAutoBan(value: unknown): AutoBan | undefined {
+function parseAutoBan(value: unknown, path: string): AutoBan | undefined {
   if (value === undefined || value === false) return undefined;
   if (value !== true && (value === null || typeof value !== 'object' || Array.isArray(value))) {
-    throw new ConfigError('ipFilter.autoBan', `expected false, true or { after, within, for }, got ${describe(value)}`);
+    throw new ConfigError(path, `expected false, true or { after, within, for }, got ${describe(value)}`);
   }
-  const o = checkOptions('ipFilter.autoBan', value === true ? {} : (value as AutoBanOptions), ['after', 'within', 'for', 'statuses']);
-  const after = o.after ?? AUTO_BAN_DEFAULTS.after;
-  if (!Number.isInteger(after) || after < 1) {
-    throw new ConfigError('ipFilter.autoBan.after', `expected a whole number of refused requests, at least 1, got ${describe(after)}`);
+  const o = parseAutoBanOptions(value === true ? {} : (value as AutoBanOptions), path);
+  return { after: o.after, withinMs: o.within, forMs: o.for, statuses: o.statuses };
+}
+
+function refusalCount(value: unknown, path: string): number {
+  const after = value ?? 20;
+  if (typeof after !== 'number' || !Number.isInteger(after) || after < 1) {
+    throw new ConfigError(path, `expected a whole number of refused requests, at least 1, got ${describe(after)}`);
   }
-  const statuses = o.statuses ?? AUTO_BAN_DEFAULTS.statuses;
+  return after;
+}
+
+function refusalStatuses(value: unknown, path: string): Set<number> {
+  const statuses = value ?? [401, 403, 429];
   if (!Array.isArray(statuses) || statuses.length === 0 || statuses.some((s) => !Number.isInteger(s) || s < 400 || s > 599)) {
-    throw new ConfigError('ipFilter.autoBan.statuses', `expected a non-empty array of 4xx/5xx statuses like [401, 403, 429], got ${describe(statuses)}`);
+    throw new ConfigError(path, `expected a non-empty array of 4xx/5xx statuses like [401, 403, 429], got ${describe(statuses)}`);
   }
-  return {
-    after,
-    withinMs: positiveDuration(o.within ?? AUTO_BAN_DEFAULTS.within, 'ipFilter.autoBan.within'),
-    forMs: positiveDuration(o.for ?? AUTO_BAN_DEFAULTS.for, 'ipFilter.autoBan.for'),
-    statuses: new Set(statuses),
-  };
+  return new Set(statuses as number[]);
 }
 
-function positiveDuration(value: unknown, option: string): number {
-  const ms = parseDuration(value, option);
-  if (ms <= 0) throw new ConfigError(option, `expected a duration above zero like '10m', got ${describe(value)}`);
-  return ms;
-}
-
-function checkStores(stores: unknown): Stores {
+function checkStores(stores: unknown, path: string): Stores | undefined {
+  if (stores === undefined) return undefined;
   if (stores === null || typeof stores !== 'object' || typeof (stores as Stores).create !== 'function' || typeof (stores as Stores).counter !== 'function') {
-    throw new ConfigError('ipFilter.stores', `expected stores such as stack.stores or new MemoryStores(), got ${describe(stores)}`);
+    throw new ConfigError(path, `expected stores such as stack.stores or new MemoryStores(), got ${describe(stores)}`);
   }
   return stores as Stores;
 }

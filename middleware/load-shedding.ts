@@ -9,6 +9,7 @@ import { counter } from '../lib/metrics-registry';
 import { checkOptions } from '../lib/options';
 import { onResponseDone } from '../lib/response-done';
 import { perRuntime, type PerimeterRuntime } from '../lib/runtime';
+import type { EntryContext } from '../lib/stack-entries';
 import { describe, parseBytes, parseDuration } from '../lib/units';
 import type { PerimeterHandler } from '../types/express-augment';
 import { recordOnSpan } from '../lib/otel';
@@ -104,11 +105,15 @@ const MIN_SAMPLE_INTERVAL_MS = 10;
  * `perimeter_shed_requests_total{reason}`.
  */
 export function loadShedding(options: LoadSheddingOptions = {}): LoadSheddingHandler {
-  return createLoadShedding(options);
+  return buildLoadShedding(options, undefined);
 }
 
-/** {@link loadShedding} bound to a stack's runtime (its logger and registry): createStack's builder. @internal */
-export function createLoadShedding(options: LoadSheddingOptions, runtime?: PerimeterRuntime): LoadSheddingHandler {
+/** @internal The stack's loadShedding (createStack builds it): its logger and registry are the stack's. */
+export function stackLoadShedding(options: LoadSheddingOptions, { runtime }: EntryContext): LoadSheddingHandler {
+  return buildLoadShedding(options, runtime);
+}
+
+function buildLoadShedding(options: LoadSheddingOptions, runtime: PerimeterRuntime | undefined): LoadSheddingHandler {
   checkOptions('loadShedding', options, KNOWN_OPTIONS);
   const limits = {
     eventLoopDelayMs: optional(options.maxEventLoopDelay, (v) => positiveDuration('loadShedding.maxEventLoopDelay', v, "'200ms'")),

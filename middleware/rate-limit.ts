@@ -1,10 +1,10 @@
 import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import type { Counter } from 'prom-client';
-import { ConfigError, QuotaExceededError, RateLimitError, ServiceUnavailableError } from '../lib/errors';
+import { QuotaExceededError, RateLimitError, ServiceUnavailableError } from '../lib/errors';
 import { counter } from '../lib/metrics-registry';
-import { checkCallback, checkOptions, oneOf } from '../lib/options';
-import { clientKey, type RateLimitKey } from '../lib/rate-limit/client-key';
-import { checkTier, compileTier, positiveInteger, windowOf, type CompiledTier, type RateLimitTier, type TierHeaders } from '../lib/rate-limit/policy';
+import type { RateLimitKey } from '../lib/rate-limit/client-key';
+import { parseRateLimitOptions, type FailMode, type RateLimitConfig } from '../lib/rate-limit/options';
+import type { CompiledTier, RateLimitTier, TierHeaders } from '../lib/rate-limit/policy';
 import { routeTemplate } from '../lib/route-template';
 import { perRuntime, standaloneRuntime, type PerimeterRuntime } from '../lib/runtime';
 import { sharedStackLogger } from '../lib/shared-stacks';
@@ -16,7 +16,7 @@ import {
   type RateLimitDecision,
   type RateLimitStore,
 } from '../lib/stores/rate-limit-store';
-import { describe, parseDuration, warnIfSecondsMeant } from '../lib/units';
+import { describe } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
 import type { PerimeterHandler } from '../types/express-augment';
 import { recordOnSpan } from '../lib/otel';
@@ -63,30 +63,6 @@ export interface RateLimitOptions {
   now?: () => number;
 }
 
-const KNOWN = [
-  'algorithm',
-  'limit',
-  'window',
-  'burst',
-  'daily',
-  'key',
-  'tiers',
-  'defaultTier',
-  'cost',
-  'skip',
-  'prefix',
-  'headers',
-  'onStoreError',
-  'storeTimeout',
-  'instances',
-  'maxKeys',
-  'now',
-] as const;
-const ALGORITHMS = ['sliding-window', 'token-bucket', 'fixed-window'] as const;
-const DEFAULT_SKIP = ['/health', '/health/ready'];
-const ALGORITHM_CODES: Record<RateLimitAlgorithm, string> = { 'sliding-window': 'sw', 'token-bucket': 'tb', 'fixed-window': 'fw' };
-const autoIds = new Map<string, number>();
-
 /**
  * Limits requests per client on the stack's store (Redis: one atomic script per decision on the
  * server's clock; memory: a bounded LRU). Sets `X-RateLimit-*` and IETF `RateLimit-Policy` /
@@ -95,56 +71,8 @@ const autoIds = new Map<string, number>();
  */
 export function rateLimit(options?: RateLimitOptions): PerimeterHandler;
 export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
-  checkOptions('rateLimit', options, KNOWN);
-  const algorithm = oneOf('rateLimit.algorithm', options.algorithm ?? 'sliding-window', ALGORITHMS);
-  const limit = positiveInteger(options.limit ?? 100, 'rateLimit.limit');
-  const windowMs = windowOf(options.window ?? '1m', 'rateLimit.window');
-  warnIfSecondsMeant(options.window, 'rateLimit.window', 'rate-limit window');
-  const instances = positiveInteger(options.instances ?? 1, 'rateLimit.instances');
-  const maxKeys = positiveInteger(options.maxKeys ?? 100_000, 'rateLimit.maxKeys');
-  const inherited = { limit, windowMs, algorithm };
-  const base = compileTier('default', { daily: options.daily, burst: options.burst }, inherited, instances, 'rateLimit');
-
-  const tiers = new Map<string, CompiledTier>();
-  if (options.tiers !== undefined) {
-    if (options.tiers === null || typeof options.tiers !== 'object' || Array.isArray(options.tiers)) {
-      throw new ConfigError('rateLimit.tiers', `expected an object like { free: { limit: 60 }, pro: { limit: 600 } }, got ${describe(options.tiers)}`);
-    }
-    for (const [name, tier] of Object.entries(options.tiers)) {
-      const option = `rateLimit.tiers.${name}`;
-      tiers.set(name, compileTier(name, checkTier(tier, option), inherited, instances, option));
-      warnIfSecondsMeant(tier.window, `${option}.window`, 'rate-limit window');
-    }
-  }
-  let defaultTier = tiers.get('default') ?? base;
-  if (options.defaultTier !== undefined) {
-    const named = typeof options.defaultTier === 'string' ? tiers.get(options.defaultTier) : undefined;
-    if (named === undefined) {
-      throw new ConfigError('rateLimit.defaultTier', `expected the name of a tier in rateLimit.tiers (${[...tiers.keys()].join(', ') || 'none given'}), got ${describe(options.defaultTier)}`);
-    }
-    defaultTier = named;
-  }
-
-  checkCallback('rateLimit.key', options.key, '(req) => string');
-  checkCallback('rateLimit.cost', options.cost, '(req) => number');
-  checkCallback('rateLimit.skip', options.skip, '(req) => boolean');
-  const key = clientKey(options.key);
-  const { fixedCost, costOf } = compileCost(options.cost);
-  const { skipPaths, skipFn } = compileSkip(options.skip);
-  const headerMode = options.headers === undefined || options.headers === true ? 'both' : options.headers;
-  if (headerMode !== false) oneOf('rateLimit.headers', headerMode, ['legacy', 'ietf', 'both']);
-  const legacy = headerMode === 'legacy' || headerMode === 'both';
-  const ietf = headerMode === 'ietf' || headerMode === 'both';
-  const failMode = oneOf('rateLimit.onStoreError', options.onStoreError ?? 'memory', ['open', 'closed', 'memory']);
-  // Counting in memory before the shared store ever connected lets each instance admit the whole
-  // limit (#13): only a user who asked for 'memory' gets that.
-  const memoryBeforeConnect = options.onStoreError === 'memory';
-  const storeTimeout = Math.max(1, Math.ceil(parseDuration(options.storeTimeout ?? '100ms', 'rateLimit.storeTimeout')));
-  if (options.now !== undefined && typeof options.now !== 'function') {
-    throw new ConfigError('rateLimit.now', `expected a function returning epoch milliseconds, got ${describe(options.now)}`);
-  }
-  const now = options.now ?? Date.now;
-  const prefix = options.prefix === undefined ? autoPrefix(algorithm, limit, windowMs) : checkPrefix(options.prefix);
+  const config = parseRateLimitOptions(options);
+  const { tiers, defaultTier, key, skipPaths, skipFn, costOf, fixedCost, failMode, storeTimeout, now, prefix, maxKeys } = config;
   const factory = rateLimitStore({ namespace: prefix, maxKeys, now });
 
   // Built once per stack: a route-level limiter behind a stack counts on that stack's store.
@@ -154,58 +82,42 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
     return new LimiterState(runtime, runtime.stores.create(factory), () => new MemoryRateLimitStore(maxKeys, now), prefix, failMode);
   });
 
-  function respond(req: Request, res: Response, next: NextFunction, state: LimiterState, tier: CompiledTier, d: RateLimitDecision, local: boolean): void {
-    const h = local ? tier.fallbackHeaders : tier.headers;
-    // A slow store can answer after the response began (a timeout answered it): no headers then.
-    if (!res.headersSent) {
-      if (legacy) setLegacyHeaders(res, h, d, now());
-      if (ietf) setIetfHeaders(res, h, d);
-    }
-    recordOnSpan(req, 'perimeter.rate_limit.remaining', d.remaining);
-    if (d.outcome === 'allowed') return next();
-    // Before routing (the stack's limiter) no route is known yet: routeTemplate says '#unmatched'.
-    state.rejections.inc({ key_type: key.type(req), route: routeTemplate(req) });
-    next(rejection(local ? tier.fallback : tier.policy, h, d));
-  }
-
-  function degrade(req: Request, res: Response, next: NextFunction, state: LimiterState, tier: CompiledTier, id: string, cost: number): void {
-    if (failMode === 'open') return next();
-    if (failMode === 'closed') return next(new ServiceUnavailableError('Rate limiting is unavailable right now; try again shortly.'));
-    if (!memoryBeforeConnect && state.beforeConnect) {
-      return next(new ServiceUnavailableError('Rate limiting is not connected to its store yet; try again shortly.').withHeaders({ 'Retry-After': '1' }));
-    }
-    respond(req, res, next, state, tier, state.local().consume(id, tier.fallback, cost), true);
-  }
-
   return function rateLimitMiddleware(req, res, next) {
     if (skipPaths !== undefined && skipPaths.has(req.baseUrl ? req.baseUrl + req.path : req.path)) return next();
     if (skipFn !== undefined && skipFn(req)) return next();
-    const state = stateOf(req);
     const tierName = req.auth?.tier;
-    const tier = (tierName !== undefined && tiers.get(tierName)) || defaultTier;
-    const cost = costOf === undefined ? fixedCost : checkCost(costOf(req));
-    const id = key.id(req);
+    const attempt: Attempt = {
+      req,
+      res,
+      next,
+      state: stateOf(req),
+      tier: (tierName !== undefined && tiers.get(tierName)) || defaultTier,
+      id: key.id(req),
+      cost: costOf === undefined ? fixedCost : checkCost(costOf(req)),
+    };
+    const { state } = attempt;
     // While the store is down, one request a second tries it; the others take the fail mode at once.
     // Once the store connects for the first time, the next request tries it at once.
-    if (!state.outage.mayTry() && !(state.beforeConnect && state.connected())) return degrade(req, res, next, state, tier, id, cost);
+    if (!state.outage.mayTry() && !(state.beforeConnect && state.connected())) return degrade(attempt, config);
 
     let pending: RateLimitDecision | Promise<RateLimitDecision>;
     try {
-      pending = state.store.consume(id, tier.policy, cost, storeTimeout);
+      pending = state.store.consume(attempt.id, attempt.tier.policy, attempt.cost, storeTimeout);
     } catch (err) {
       state.failed(err, performance.now());
-      return degrade(req, res, next, state, tier, id, cost);
+      return degrade(attempt, config);
     }
+    // The memory store answers synchronously: no promise, no extra tick on the hot path.
     if (!isPromise(pending)) {
       state.answered();
-      return respond(req, res, next, state, tier, pending, false);
+      return respond(attempt, config, pending, false);
     }
     const startedAt = performance.now();
     pending.then(
       (d) => {
         state.answered();
         try {
-          respond(req, res, next, state, tier, d, false);
+          respond(attempt, config, d, false);
         } catch (err) {
           next(err);
         }
@@ -213,13 +125,59 @@ export function rateLimit(options: RateLimitOptions = {}): RequestHandler {
       (err: unknown) => {
         state.failed(err, startedAt);
         try {
-          degrade(req, res, next, state, tier, id, cost);
+          degrade(attempt, config);
         } catch (thrown) {
           next(thrown);
         }
       },
     );
   };
+}
+
+/**
+ * @internal The stack's limiter (createStack builds it): 100 per minute per client by default. The
+ * fixed 'stack' namespace keeps the stack's counts apart from route-level limiters and shared by
+ * every instance, whatever order limiters are created in.
+ */
+export function stackRateLimit(options: RateLimitOptions): RequestHandler {
+  return rateLimit({ prefix: 'stack', ...options });
+}
+
+/** One request on its way through a limiter. */
+interface Attempt {
+  req: Request;
+  res: Response;
+  next: NextFunction;
+  state: LimiterState;
+  tier: CompiledTier;
+  /** The client id it is counted under, and how many units it takes. */
+  id: string;
+  cost: number;
+}
+
+/** Sets the headers of decision `d` and lets the request through or refuses it. `local`: the fallback limiter decided. */
+function respond(a: Attempt, config: RateLimitConfig, d: RateLimitDecision, local: boolean): void {
+  const h = local ? a.tier.fallbackHeaders : a.tier.headers;
+  // A slow store can answer after the response began (a timeout answered it): no headers then.
+  if (!a.res.headersSent) {
+    if (config.legacyHeaders) setLegacyHeaders(a.res, h, d, config.now());
+    if (config.ietfHeaders) setIetfHeaders(a.res, h, d);
+  }
+  recordOnSpan(a.req, 'perimeter.rate_limit.remaining', d.remaining);
+  if (d.outcome === 'allowed') return a.next();
+  // Before routing (the stack's limiter) no route is known yet: routeTemplate says '#unmatched'.
+  a.state.rejections.inc({ key_type: config.key.type(a.req), route: routeTemplate(a.req) });
+  a.next(rejection(local ? a.tier.fallback : a.tier.policy, h, d));
+}
+
+/** The store failed or is down: the configured fail mode decides. */
+function degrade(a: Attempt, config: RateLimitConfig): void {
+  if (config.failMode === 'open') return a.next();
+  if (config.failMode === 'closed') return a.next(new ServiceUnavailableError('Rate limiting is unavailable right now; try again shortly.'));
+  if (!config.memoryBeforeConnect && a.state.beforeConnect) {
+    return a.next(new ServiceUnavailableError('Rate limiting is not connected to its store yet; try again shortly.').withHeaders({ 'Retry-After': '1' }));
+  }
+  respond(a, config, a.state.local().consume(a.id, a.tier.fallback, a.cost), true);
 }
 
 /** Per stack: the store, the local fallback, the outage state and the metrics. */
@@ -238,7 +196,7 @@ class LimiterState {
     store: RateLimitStore,
     private readonly makeFallback: () => MemoryRateLimitStore,
     prefix: string,
-    failMode: 'open' | 'closed' | 'memory',
+    failMode: FailMode,
   ) {
     this.store = store;
     this.readiness = runtime.stores.readiness;
@@ -317,47 +275,10 @@ function rejection(policy: { limit: number; daily: number }, h: TierHeaders, d: 
   );
 }
 
-function compileCost(cost: RateLimitOptions['cost']): { fixedCost: number; costOf?: (req: Request) => number } {
-  if (cost === undefined) return { fixedCost: 1 };
-  if (typeof cost === 'function') return { fixedCost: 1, costOf: cost };
-  if (typeof cost === 'number' && Number.isInteger(cost) && cost >= 0) return { fixedCost: cost };
-  throw new ConfigError('rateLimit.cost', `expected a whole number of units (0 or more) or a function (req) => units, got ${describe(cost)}`);
-}
-
 function checkCost(value: unknown): number {
   if (typeof value === 'number' && value >= 0 && Number.isFinite(value)) return Math.ceil(value);
   // A programming error in the user's cost function: surface it as a 500, not as a free request.
   throw new TypeError(`rateLimit.cost function returned ${describe(value)}; it must return a number of units (0 or more)`);
-}
-
-function compileSkip(skip: RateLimitOptions['skip']): { skipPaths?: Set<string>; skipFn?: (req: Request) => boolean } {
-  if (skip === false) return {};
-  if (typeof skip === 'function') return { skipFn: skip };
-  const paths = skip ?? DEFAULT_SKIP;
-  if (!Array.isArray(paths) || paths.some((p) => typeof p !== 'string' || !p.startsWith('/'))) {
-    throw new ConfigError('rateLimit.skip', `expected paths like ['/health'], a function (req) => boolean, or false, got ${describe(skip)}`);
-  }
-  if (paths.length === 0) return {};
-  const set = new Set<string>();
-  for (const p of paths) {
-    set.add(p);
-    set.add(p.length > 1 && p.endsWith('/') ? p.slice(0, -1) : `${p}/`);
-  }
-  return { skipPaths: set };
-}
-
-function checkPrefix(prefix: unknown): string {
-  if (typeof prefix === 'string' && /^[A-Za-z0-9._:-]{1,64}$/.test(prefix)) return prefix;
-  throw new ConfigError('rateLimit.prefix', `expected 1-64 characters of [A-Za-z0-9._:-] like 'login', got ${describe(prefix)}`);
-}
-
-// Creation order is the same in every instance running the same code, so these ids agree across
-// instances; counting per settings keeps them stable when an unrelated limiter is added.
-function autoPrefix(algorithm: RateLimitAlgorithm, limit: number, windowMs: number): string {
-  const signature = `${ALGORITHM_CODES[algorithm]}-${limit}-${windowMs}`;
-  const n = (autoIds.get(signature) ?? 0) + 1;
-  autoIds.set(signature, n);
-  return n === 1 ? signature : `${signature}-${n}`;
 }
 
 function isPromise<T>(value: T | Promise<T>): value is Promise<T> {

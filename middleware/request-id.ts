@@ -3,10 +3,11 @@ import type { NextFunction, RequestHandler, Response } from 'express';
 import { v7 as uuidv7 } from 'uuid';
 import { RequestContext, runWithContext } from '../lib/context';
 import { BadRequestError, ConfigError } from '../lib/errors';
-import { checkOptions } from '../lib/options';
+import { defineOptions, flag, headerName, option } from '../lib/options';
 import { setIdentity } from '../lib/request-slots';
 import { activeRequestSpan, setRequestSpan } from '../lib/otel';
 import { runtimeOf } from '../lib/runtime';
+import { describe } from '../lib/units';
 import type { PerimeterHandler } from '../types/express-augment';
 
 /** Options of {@link requestId}. */
@@ -19,9 +20,9 @@ export interface RequestIdOptions {
   trustIncoming?: boolean;
   /**
    * Run the rest of the chain inside AsyncLocalStorage, so `getContext()` works in any code the
-   * handler awaits. On Node 20 this turns on async hooks for the whole process, which measured
-   * 15–25% of the CPU per request of the default stack on a trivial route; with `false`,
-   * `req.context` and `req.id` still work but `getContext()` returns undefined. Defaults to true.
+   * handler awaits. On Node 20 this turns on async hooks for the whole process, a real share of
+   * the CPU per request on a trivial route (docs/benchmarks.md); with `false`, `req.context` and
+   * `req.id` still work but `getContext()` returns undefined. Defaults to true.
    */
   asyncContext?: boolean;
 }
@@ -37,18 +38,19 @@ const ZERO_PARENT_ID = '0'.repeat(16);
 // Google's `TRACE_ID/SPAN_ID;o=OPTIONS`: span id decimal (64 bits), options 0 or 1.
 const CLOUD_TRACE = /^([\da-fA-F]{32})(?:\/\d{1,20})?(?:;o=[01])?$/;
 
+// Every option of requestId() once: its default and its check (the interface's JSDoc is its doc).
+const parseOptions = defineOptions<RequestIdOptions>()('requestId', {
+  header: headerName('X-Request-ID'),
+  generator: option("'uuidv4', 'uuidv7' or () => string", (value, path) => pickGenerator(value ?? 'uuidv4', path), "'uuidv4'"),
+  trustIncoming: flag(true),
+  asyncContext: flag(true),
+});
+
 /** Gives every request an id: the client's `X-Request-ID` (or trace id) when valid, else a new UUID. Sets `req.id`, `req.context` and the response header. */
 export function requestId(options?: RequestIdOptions): PerimeterHandler;
 export function requestId(options: RequestIdOptions = {}): RequestHandler {
-  checkOptions('requestId', options, ['header', 'generator', 'trustIncoming', 'asyncContext']);
-  const header = options.header ?? 'X-Request-ID';
-  if (typeof header !== 'string' || !/^[A-Za-z0-9-]+$/.test(header)) {
-    throw new ConfigError('requestId.header', `expected a header name like 'X-Request-ID', got ${String(header)}`);
-  }
+  const { header, generator: generate, trustIncoming, asyncContext } = parseOptions(options);
   const headerKey = header.toLowerCase();
-  const generate = pickGenerator(options.generator ?? 'uuidv4');
-  const trustIncoming = options.trustIncoming ?? true;
-  const asyncContext = options.asyncContext ?? true;
 
   return function requestIdMiddleware(req, res, next) {
     let traceId: string | undefined;
@@ -124,15 +126,16 @@ function cloudTraceId(value: string): string | undefined {
   return id === ZERO_TRACE_ID ? undefined : id;
 }
 
-function pickGenerator(generator: RequestIdOptions['generator']): () => string {
+function pickGenerator(generator: unknown, path: string): () => string {
   if (generator === 'uuidv4') return randomUUID;
   if (generator === 'uuidv7') return uuidv7;
   if (typeof generator === 'function') {
+    const user = generator as () => unknown;
     return () => {
-      const id = generator();
+      const id = user();
       // A user generator that returns junk must not break the header or the logs.
       return typeof id === 'string' && VALID_ID.test(id) ? id : randomUUID();
     };
   }
-  throw new ConfigError('requestId.generator', `expected 'uuidv4', 'uuidv7' or a function returning a string, got ${String(generator)}`);
+  throw new ConfigError(path, `expected 'uuidv4', 'uuidv7' or a function returning a string, got ${describe(generator)}`);
 }

@@ -2,7 +2,7 @@ import type { RequestHandler } from 'express';
 import { ConfigError, NotFoundError } from '../lib/errors';
 import { checkFlagName, compileFlags, type CompiledFlag, type FlagInput } from '../lib/flags/definition';
 import { countryReader, DEFAULT_COUNTRY_HEADERS, RequestFeatureSet } from '../lib/flags/request-features';
-import { checkOptions, refuseRequest } from '../lib/options';
+import { defineOptions, passThrough, refuseRequest } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
 import { warnOnce } from '../lib/warnings';
 import type { PerimeterHandler } from '../types/express-augment';
@@ -16,6 +16,11 @@ export interface RequireFeatureOptions {
 // Said the same way whatever the reason: a disabled feature looks like a missing endpoint.
 const MESSAGE = 'This endpoint is not available.';
 
+// The option of requireFeature() once; its flags are checked as they compile (compileFlags).
+const parseOptions = defineOptions<RequireFeatureOptions>()('requireFeature', {
+  flags: passThrough<Record<string, FlagInput>>("flag definitions like { beta: { plans: ['pro'] } }"),
+});
+
 /**
  * 404 FEATURE_DISABLED unless the flag `name` is on for the request: read from `req.features`
  * (the `featureFlags` middleware, or the stack's), or evaluated from the guard's own `flags`.
@@ -28,7 +33,7 @@ export function requireFeature(name: string, options?: RequireFeatureOptions): R
     throw new ConfigError('requireFeature', "expected the flag name first: requireFeature('new-ui') or requireFeature('new-ui', { flags })");
   }
   checkFlagName(name, 'requireFeature');
-  const opts = checkOptions('requireFeature', options, ['flags']);
+  const opts = parseOptions(options);
   let own: { flag: CompiledFlag | undefined; readCountry: ReturnType<typeof countryReader>; set: ReturnType<typeof compileFlags> } | undefined;
   if (opts.flags !== undefined) {
     const set = compileFlags(opts.flags, 'requireFeature.flags');

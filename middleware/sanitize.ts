@@ -2,7 +2,7 @@ import type { Request, RequestHandler } from 'express';
 import type { Counter } from 'prom-client';
 import { ConfigError } from '../lib/errors';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions, oneOf } from '../lib/options';
+import { defineOptions, oneOf, option } from '../lib/options';
 import { defineOwn } from '../lib/request-slots';
 import { loggerOf, perRuntime } from '../lib/runtime';
 import { compileAllow } from '../lib/sanitize/allow';
@@ -42,21 +42,22 @@ export interface SanitizeOptions {
   maxKeys?: number;
 }
 
-const DEFAULTS = {
-  xss: 'strip',
-  sql: 'report',
-  nosql: 'strip',
-  pathTraversal: 'report',
-  commandInjection: 'report',
-  sources: ['query', 'body', 'params'],
-  maxDepth: 20,
-  maxKeys: 1000,
-} as const;
-
 const CATEGORIES = Object.keys(DETECTORS) as Category[];
-const KNOWN = [...CATEGORIES, 'allow', 'sources', 'maxDepth', 'maxKeys'];
 const ACTIONS = ['strip', 'reject', 'report'] as const;
 const SOURCES = ['query', 'body', 'params'] as const;
+
+// Every option of sanitize() once: its default and its check (the interface's JSDoc is its doc).
+const parseOptions = defineOptions<SanitizeOptions>()('sanitize', {
+  xss: actionOption('strip'),
+  sql: actionOption('report'),
+  nosql: actionOption('strip'),
+  pathTraversal: actionOption('report'),
+  commandInjection: actionOption('report'),
+  allow: option("field paths like ['body.markdown']", (value, path) => compileAllow(value as string[] | undefined, path), '[]'),
+  sources: option("'query', 'body', 'params'", (value, path) => sourcesOf(value ?? SOURCES, path), "['query', 'body', 'params']"),
+  maxDepth: limit(20, 1000),
+  maxKeys: limit(1000, 10_000_000),
+});
 // Findings logged per request: an attacker sending a thousand bad fields gets one line per field
 // only up to this, then a summary; the metric still counts each.
 const MAX_LOGGED = 10;
@@ -72,11 +73,11 @@ const MAX_LOGGED = 10;
  */
 export function sanitize(options?: SanitizeOptions): PerimeterHandler;
 export function sanitize(options: SanitizeOptions = {}): RequestHandler {
-  checkOptions('sanitize', options, KNOWN);
+  const o = parseOptions(options);
   const checks: CategoryCheck[] = [];
   const triggers: Trigger[] = [];
   for (const category of CATEGORIES) {
-    const action = actionOf(category, options[category] ?? DEFAULTS[category]);
+    const action = o[category];
     if (action === false) continue;
     checks.push({ detector: DETECTORS[category], action });
     triggers.push(DETECTORS[category].triggerSpec);
@@ -84,13 +85,13 @@ export function sanitize(options: SanitizeOptions = {}): RequestHandler {
   const cfg: WalkConfig = {
     checks,
     trigger: triggers.length === 0 ? undefined : triggerPattern(...triggers),
-    operatorKeys: actionOf('nosql', options.nosql ?? DEFAULTS.nosql),
-    allow: compileAllow(options.allow, 'sanitize.allow'),
+    operatorKeys: o.nosql,
+    allow: o.allow,
     detailed: MAX_LOGGED,
-    maxDepth: limit('sanitize.maxDepth', options.maxDepth ?? DEFAULTS.maxDepth, 1000),
-    maxKeys: limit('sanitize.maxKeys', options.maxKeys ?? DEFAULTS.maxKeys, 10_000_000),
+    maxDepth: o.maxDepth,
+    maxKeys: o.maxKeys,
   };
-  const sources = sourcesOf(options.sources ?? DEFAULTS.sources);
+  const sources = o.sources;
   const doQuery = sources.includes('query');
   const doBody = sources.includes('body');
   const doParams = sources.includes('params');
@@ -147,24 +148,30 @@ function report(req: Request, walk: Walk, detections: Counter<'category' | 'acti
   if (unlogged > 0) log.warn('More suspicious input not logged', { count: unlogged });
 }
 
-function actionOf(category: Category, value: unknown): SanitizeAction {
-  if (value === false) return false;
-  if (typeof value !== 'string' || !(ACTIONS as readonly string[]).includes(value)) {
-    throw new ConfigError(`sanitize.${category}`, `expected 'strip', 'reject', 'report' or false, got ${typeof value === 'string' ? `'${value}'` : String(value)}`);
-  }
-  return value as Action;
+function actionOption(fallback: Action) {
+  return option("'strip', 'reject', 'report' or false", (given, path): SanitizeAction => {
+    const value = given ?? fallback;
+    if (value === false) return false;
+    if (typeof value !== 'string' || !(ACTIONS as readonly string[]).includes(value)) {
+      throw new ConfigError(path, `expected 'strip', 'reject', 'report' or false, got ${typeof value === 'string' ? `'${value}'` : String(value)}`);
+    }
+    return value as Action;
+  }, `'${fallback}'`);
 }
 
-function limit(option: string, value: unknown, max: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > max) {
-    throw new ConfigError(option, `expected a whole number from 1 to ${max}, got ${String(value)}`);
-  }
-  return value;
+function limit(fallback: number, max: number) {
+  return option(`a whole number from 1 to ${max}`, (given, path): number => {
+    const value = given ?? fallback;
+    if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > max) {
+      throw new ConfigError(path, `expected a whole number from 1 to ${max}, got ${String(value)}`);
+    }
+    return value;
+  }, String(fallback));
 }
 
-function sourcesOf(value: unknown): SanitizeSource[] {
+function sourcesOf(value: unknown, path: string): SanitizeSource[] {
   if (!Array.isArray(value) || value.length === 0) {
-    throw new ConfigError('sanitize.sources', `expected a non-empty array of 'query', 'body', 'params', got ${JSON.stringify(value)}`);
+    throw new ConfigError(path, `expected a non-empty array of 'query', 'body', 'params', got ${JSON.stringify(value)}`);
   }
-  return value.map((s) => oneOf('sanitize.sources', s, SOURCES));
+  return value.map((s) => oneOf(path, s, SOURCES));
 }

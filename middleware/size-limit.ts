@@ -2,9 +2,9 @@ import type { NextFunction, Request, RequestHandler, Response } from 'express';
 import typeis from 'type-is';
 import { ConfigError, PayloadTooLargeError, UnsupportedMediaTypeError } from '../lib/errors';
 import { answerEarly, lingeringClose } from '../lib/late-response';
-import { checkOptions } from '../lib/options';
+import { bytes, defineOptions, option } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
-import type { StackHandler } from '../lib/stack-entries';
+import type { EntryContext, StackHandler } from '../lib/stack-entries';
 import { describe, parseBytes } from '../lib/units';
 import { onResponseDone } from '../lib/response-done';
 import type { PerimeterHandler } from '../types/express-augment';
@@ -55,12 +55,12 @@ export function sizeLimit(options: SizeLimitOptions = {}): RequestHandler {
  * @internal The stack's sizeLimit (createStack builds it; use {@link sizeLimit} yourself). The tier is only known after `auth`, which runs after bodyParser, so the
  * early check allows the largest of `max` and every tier, and a second check placed right after
  * `auth` (see `extra`) holds each request to its own tier's limit. Bodies the stack's bodyParser
- * reads (per `bodyParserConfig`, the stack's `bodyParser` value) are final here; any other body
+ * reads (per the stack's `bodyParser` config) are final here; any other body
  * over the limit is left for a route-level sizeLimit to allow, and refused once anything reads it.
  */
-export function stackSizeLimit(options: SizeLimitOptions, bodyParserConfig: unknown): StackHandler {
+export function stackSizeLimit(options: SizeLimitOptions, ctx: EntryContext): StackHandler {
   const config = parseOptions(options);
-  const readByStack = typesReadBy(bodyParserConfig);
+  const readByStack = typesReadBy(ctx.config.bodyParser);
   const { max, ceiling, tiers } = config;
   const handler: StackHandler = createHandler(config, () => ceiling, readByStack, 'sizeLimitMiddleware');
   if (tiers !== undefined) {
@@ -89,36 +89,42 @@ function typesReadBy(bodyParserConfig: unknown): string[] | true {
   return types;
 }
 
+// Every option of sizeLimit() once: its default and its check (the interface's JSDoc is its doc).
+const parseTable = defineOptions<SizeLimitOptions>()('sizeLimit', {
+  max: bytes('1mb'),
+  types: option("content types like ['json', 'image/*']", typesOption),
+  tiers: option("tier names to sizes like { free: '5mb', pro: '25mb' }", tiersOption),
+});
+
 function parseOptions(options: SizeLimitOptions): SizeLimitConfig {
-  checkOptions('sizeLimit', options, ['max', 'types', 'tiers']);
-  const max = parseBytes(options.max ?? '1mb', 'sizeLimit.max');
+  const { max, types, tiers } = parseTable(options);
   let ceiling = max;
-  let tiers: Map<string, number> | undefined;
-  if (options.tiers !== undefined) {
-    if (options.tiers === null || typeof options.tiers !== 'object' || Array.isArray(options.tiers)) {
-      throw new ConfigError('sizeLimit.tiers', `expected an object of tier names to sizes like { free: '5mb', pro: '25mb' }, got ${describe(options.tiers)}`);
-    }
-    // A Map, so a tier named 'constructor' or '__proto__' in a token is just an unknown tier.
-    tiers = new Map();
-    for (const [tier, size] of Object.entries(options.tiers)) {
-      const bytes = parseBytes(size, `sizeLimit.tiers.${tier}`);
-      tiers.set(tier, bytes);
-      ceiling = Math.max(ceiling, bytes);
-    }
-  }
-  let types: string[] | undefined;
-  if (options.types !== undefined) {
-    if (!Array.isArray(options.types) || options.types.length === 0) {
-      throw new ConfigError('sizeLimit.types', `expected a non-empty array of content types like ['json', 'image/*'], got ${describe(options.types)}; leave it out to accept any type`);
-    }
-    for (const type of options.types) {
-      if (typeof type !== 'string' || typeis.normalize(type) === false) {
-        throw new ConfigError('sizeLimit.types', `${describe(type)} is not a content type type-is understands; write a MIME type ('application/pdf'), a wildcard ('image/*', '+json') or an extension ('json', 'png')`);
-      }
-    }
-    types = [...options.types];
-  }
+  for (const bytes of tiers?.values() ?? []) ceiling = Math.max(ceiling, bytes);
   return { max, tiers, ceiling, types };
+}
+
+function tiersOption(value: unknown, path: string): Map<string, number> | undefined {
+  if (value === undefined) return undefined;
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    throw new ConfigError(path, `expected an object of tier names to sizes like { free: '5mb', pro: '25mb' }, got ${describe(value)}`);
+  }
+  // A Map, so a tier named 'constructor' or '__proto__' in a token is just an unknown tier.
+  const tiers = new Map<string, number>();
+  for (const [tier, size] of Object.entries(value)) tiers.set(tier, parseBytes(size, `${path}.${tier}`));
+  return tiers;
+}
+
+function typesOption(value: unknown, path: string): string[] | undefined {
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new ConfigError(path, `expected a non-empty array of content types like ['json', 'image/*'], got ${describe(value)}; leave it out to accept any type`);
+  }
+  for (const type of value) {
+    if (typeof type !== 'string' || typeis.normalize(type) === false) {
+      throw new ConfigError(path, `${describe(type)} is not a content type type-is understands; write a MIME type ('application/pdf'), a wildcard ('image/*', '+json') or an extension ('json', 'png')`);
+    }
+  }
+  return [...(value as string[])];
 }
 
 function tierLimit(req: Request, tiers: Map<string, number>, max: number): number {

@@ -3,9 +3,9 @@ import { LRUCache } from 'lru-cache';
 import type { Counter } from 'prom-client';
 import { ConfigError, ForbiddenError, NotFoundError } from '../lib/errors';
 import { counter } from '../lib/metrics-registry';
-import { checkCallback, checkOptions, oneOf } from '../lib/options';
+import { callback, checkCallback, count, defineOptions, duration, flag, headerName, oneOf, option, passThrough } from '../lib/options';
 import { perRuntime } from '../lib/runtime';
-import { describe, parseDuration } from '../lib/units';
+import { describe } from '../lib/units';
 import type { TenantInfo } from '../types/express-augment';
 import type { PerimeterHandler } from '../types/express-augment';
 import { recordOnSpan } from '../lib/otel';
@@ -72,20 +72,37 @@ declare module '../lib/create-stack' {
   }
 }
 
-const KNOWN = [
-  'from', 'baseDomain', 'header', 'claim', 'pathPrefix', 'stripPath', 'tenants', 'resolve', 'cacheTtl', 'cacheSize',
-  'required', 'caseSensitive', 'ignoreSubdomains', 'metricsLabels', 'now',
-] as const;
 const SOURCES = ['subdomain', 'header', 'jwt', 'path'] as const;
 // Checked before any lookup, so no junk reaches a database, a cache key or a metric label.
 const TENANT_ID = /^[a-z0-9][a-z0-9-_]{0,62}$/i;
 const OTHER = '#other';
 
+// Every option of tenant() once: its default and its check (the interface's JSDoc is its doc).
+// `from` and `tenants` depend on other options and are checked as the settings are put together.
+const parseOptions = defineOptions<TenantOptions>()('tenant', {
+  from: passThrough<TenantSource[]>("sources like ['header', 'jwt']"),
+  baseDomain: option("a domain like 'api.example.com', or several", domains),
+  header: headerName('X-Tenant-ID'),
+  claim: option("a claim name like 'tenant'", claimName, "'tenant'"),
+  pathPrefix: option("a path like '/t' or '/'", pathPrefixOption),
+  stripPath: flag(false),
+  tenants: passThrough<Record<string, TenantConfig | true>>("tenants by id like { acme: { plan: 'pro' } }"),
+  resolve: option('an async function (id) => config | null', resolverOption),
+  cacheTtl: duration('1m'),
+  cacheSize: count(1000),
+  required: flag(true),
+  caseSensitive: flag(false),
+  ignoreSubdomains: option("subdomains like ['www']", (value) => new Set(((value ?? ['www']) as unknown[]).map((s) => (typeof s === 'string' ? s.toLowerCase() : s))), "['www']"),
+  metricsLabels: option('a whole number of labels (0 or more)', labelCount, '100'),
+  now: callback<() => number>('() => epoch milliseconds'),
+});
+
 type Reader = (req: Request) => string | undefined;
 
-interface CacheEntry {
-  info: TenantInfo | null;
-  expiresAt: number;
+/** Where a request named its tenant: the id as sent, and the index in `from` of the source that had it. */
+interface Found {
+  raw: string;
+  source: number;
 }
 
 /**
@@ -95,136 +112,70 @@ interface CacheEntry {
  * Unknown → 404 TENANT_NOT_FOUND; a token naming another tenant → 403 TENANT_MISMATCH.
  */
 export function tenant(options: TenantOptions = {}): TenantHandler {
-  checkOptions('tenant', options, KNOWN);
-  const caseSensitive = flag(options.caseSensitive ?? false, 'tenant.caseSensitive');
-  const required = flag(options.required ?? true, 'tenant.required');
-  const stripPath = flag(options.stripPath ?? false, 'tenant.stripPath');
-  const normalize = (id: string): string => (caseSensitive ? id : id.toLowerCase());
-
-  const bases = domains(options.baseDomain);
-  const header = options.header ?? 'X-Tenant-ID';
-  if (typeof header !== 'string' || !/^[A-Za-z0-9-]+$/.test(header)) {
-    throw new ConfigError('tenant.header', `expected a header name like 'X-Tenant-ID', got ${describe(header)}`);
-  }
-  const claim = options.claim ?? 'tenant';
-  if (typeof claim !== 'string' || claim === '') throw new ConfigError('tenant.claim', `expected a claim name like 'tenant', got ${describe(claim)}`);
-  if (options.pathPrefix !== undefined && (typeof options.pathPrefix !== 'string' || options.pathPrefix[0] !== '/')) {
-    throw new ConfigError('tenant.pathPrefix', `expected a path like '/t' (for /t/acme/…) or '/' (for /acme/…), got ${describe(options.pathPrefix)}`);
-  }
-
-  let from: TenantSource[];
-  if (options.from === undefined) {
-    from = SOURCES.filter((s) => (s !== 'subdomain' || bases.length > 0) && (s !== 'path' || options.pathPrefix !== undefined));
-  } else {
-    if (!Array.isArray(options.from) || options.from.length === 0) {
-      throw new ConfigError('tenant.from', `expected a non-empty array of 'subdomain', 'header', 'jwt', 'path', got ${describe(options.from)}`);
-    }
-    from = options.from.map((s, i) => oneOf(`tenant.from[${i}]`, s, SOURCES));
-    if (new Set(from).size !== from.length) throw new ConfigError('tenant.from', `lists a source twice: ${from.join(', ')}`);
-    if (from.includes('subdomain') && bases.length === 0) {
-      throw new ConfigError('tenant.baseDomain', "is needed to read the tenant from the subdomain: set baseDomain: 'api.example.com' so acme.api.example.com means acme");
-    }
-  }
-  const prefix = pathPrefixOf(options.pathPrefix ?? '/t');
-  const ignored = new Set((options.ignoreSubdomains ?? ['www']).map((s) => (typeof s === 'string' ? s.toLowerCase() : s)));
-  const claimOf = claimReader(claim);
+  const o = parseOptions(options);
+  const normalize = o.caseSensitive ? (id: string): string => id : (id: string): string => id.toLowerCase();
+  const from = sourcesOf(options.from, o.baseDomain, o.pathPrefix !== undefined);
+  const prefix = o.pathPrefix ?? '/t/';
+  const claimOf = claimReader(o.claim);
   const readers: Reader[] = from.map((s) =>
-    s === 'subdomain' ? subdomainReader(bases, ignored) : s === 'header' ? headerReader(header.toLowerCase()) : s === 'jwt' ? claimOf : pathReader(prefix),
+    s === 'subdomain' ? subdomainReader(o.baseDomain, o.ignoreSubdomains) : s === 'header' ? headerReader(o.header.toLowerCase()) : s === 'jwt' ? claimOf : pathReader(prefix),
   );
   const fromPath = from.indexOf('path');
   const fromJwt = from.indexOf('jwt');
-
-  const listed = parseTenants(options.tenants, normalize);
-  checkCallback('tenant.resolve', options.resolve, '(id) => config');
-  const resolver = options.resolve;
-  if (resolver !== undefined && typeof resolver !== 'function') {
-    throw new ConfigError('tenant.resolve', `expected an async function (id) => config | null, got ${describe(resolver)}`);
-  }
-  const ttlMs = parseDuration(options.cacheTtl ?? '1m', 'tenant.cacheTtl');
-  const cacheSize = positive(options.cacheSize ?? 1000, 'tenant.cacheSize');
-  const labelCap = whole(options.metricsLabels ?? 100, 'tenant.metricsLabels');
-  if (options.now !== undefined && typeof options.now !== 'function') {
-    throw new ConfigError('tenant.now', `expected a function returning epoch milliseconds, got ${describe(options.now)}`);
-  }
-  const now = options.now ?? Date.now;
-  const cache = new LRUCache<string, CacheEntry>({ max: cacheSize });
-  // Concurrent first requests for one tenant share one lookup.
-  const inflight = new Map<string, Promise<TenantInfo | null>>();
-  const acceptsAny = listed === undefined && resolver === undefined;
-
+  const directory = new TenantDirectory(parseTenants(options.tenants, normalize), o.resolve, o.cacheTtl, o.cacheSize, o.now ?? Date.now);
+  const labelCap = o.metricsLabels;
   const metricsOf = perRuntime((rt) => new TenantMetrics(counter(rt.registry, 'tenant_requests_total', 'Requests per tenant (tenants beyond the label cap count as #other)', ['tenant']), labelCap));
 
   const where = from.map((s) =>
-    s === 'subdomain' ? `the subdomain of ${bases.join(' or ')}` : s === 'header' ? `the ${header} header` : s === 'jwt' ? `the token's '${claim}' claim` : `the path (${prefix}<tenant>/…)`,
+    s === 'subdomain' ? `the subdomain of ${o.baseDomain.join(' or ')}` : s === 'header' ? `the ${o.header} header` : s === 'jwt' ? `the token's '${o.claim}' claim` : `the path (${prefix}<tenant>/…)`,
   );
   const missingMessage = `This request names no tenant; send it in ${where.join(' or ')}.`;
 
-  function accept(req: Request, next: NextFunction, info: TenantInfo, source: number, raw: string, kind: 'listed' | 'resolved' | 'unverified'): void {
+  /** The first source that names a tenant, in `from` order. */
+  function find(req: Request): Found | undefined {
+    for (let i = 0; i < readers.length; i++) {
+      const raw = readers[i](req);
+      if (raw !== undefined) return { raw, source: i };
+    }
+    return undefined;
+  }
+
+  function accept(req: Request, next: NextFunction, found: Found, { info, kind }: Verdict): void {
     req.tenant = info;
     const ctx = req.context;
     // Setting the context's tenant makes ctx.log (and the request log line) carry tenant_id.
     if (ctx !== undefined) ctx.tenant = info;
     recordOnSpan(req, 'perimeter.tenant.id', info.id);
     metricsOf(req).inc(info.id, kind);
-    if (stripPath && source === fromPath) strip(req, prefix, raw);
+    if (o.stripPath && found.source === fromPath) strip(req, prefix, found.raw);
     next();
   }
 
-  function lookup(id: string): Promise<TenantInfo | null> {
-    let pending = inflight.get(id);
-    if (pending === undefined) {
-      pending = (async () => {
-        const answer = await (resolver as TenantResolver)(id);
-        const info = answerToInfo(id, answer);
-        cache.set(id, { info, expiresAt: now() + ttlMs });
-        return info;
-      })().finally(() => inflight.delete(id));
-      inflight.set(id, pending);
-    }
-    return pending;
-  }
-
   const handler = function tenantMiddleware(req: Request, _res: Response, next: NextFunction): void {
-    let raw: string | undefined;
-    let source = -1;
-    for (let i = 0; i < readers.length; i++) {
-      raw = readers[i](req);
-      if (raw !== undefined) {
-        source = i;
-        break;
-      }
-    }
-    if (raw === undefined) return required ? next(new NotFoundError(missingMessage, undefined, 'TENANT_NOT_FOUND')) : next();
-    if (!TENANT_ID.test(raw)) return next(new NotFoundError('The tenant was not found.', undefined, 'TENANT_NOT_FOUND'));
-    const id = normalize(raw);
+    const found = find(req);
+    if (found === undefined) return o.required ? next(new NotFoundError(missingMessage, undefined, 'TENANT_NOT_FOUND')) : next();
+    if (!TENANT_ID.test(found.raw)) return next(new NotFoundError('The tenant was not found.', undefined, 'TENANT_NOT_FOUND'));
+    const id = normalize(found.raw);
     // Before the lookup, so a user probing other tenants learns nothing of which ones exist.
-    if (source !== fromJwt) {
+    if (found.source !== fromJwt) {
       const claimed = claimOf(req);
       if (claimed !== undefined && normalize(claimed) !== id) {
         return next(new ForbiddenError('Your credentials belong to another tenant.', undefined, 'TENANT_MISMATCH'));
       }
     }
-    const known = listed?.get(id);
-    if (known !== undefined) return accept(req, next, known, source, raw, 'listed');
-    if (resolver === undefined) {
-      if (!acceptsAny) return next(notFound(id));
-      return accept(req, next, { id }, source, raw, 'unverified');
-    }
-    const cached = cache.get(id);
-    if (cached !== undefined && cached.expiresAt > now()) {
-      return cached.info === null ? next(notFound(id)) : accept(req, next, cached.info, source, raw, 'resolved');
-    }
-    let pending: Promise<TenantInfo | null>;
+    let verdict: Verdict | null | Promise<Verdict | null>;
     try {
-      pending = lookup(id);
+      verdict = directory.verify(id);
     } catch (err) {
       return next(err);
     }
-    pending.then(
-      (info) => {
+    // Listed, unverified and cached tenants are decided at once; only a lookup goes async.
+    if (!(verdict instanceof Promise)) return verdict === null ? next(notFound(id)) : accept(req, next, found, verdict);
+    verdict.then(
+      (v) => {
         try {
-          if (info === null) next(notFound(id));
-          else accept(req, next, info, source, raw, 'resolved');
+          if (v === null) next(notFound(id));
+          else accept(req, next, found, v);
         } catch (err) {
           next(err);
         }
@@ -233,11 +184,69 @@ export function tenant(options: TenantOptions = {}): TenantHandler {
     );
   } as TenantHandler;
 
-  handler.invalidate = (id?: string): void => {
-    if (id === undefined) cache.clear();
-    else cache.delete(normalize(String(id)));
-  };
+  handler.invalidate = (id?: string): void => directory.invalidate(id === undefined ? undefined : normalize(String(id)));
   return handler;
+}
+
+/** A tenant accepted, and how: 'listed' (in `tenants`), 'resolved' (known to `resolve`) or 'unverified' (accepted without either). */
+interface Verdict {
+  info: TenantInfo;
+  kind: 'listed' | 'resolved' | 'unverified';
+}
+
+interface CacheEntry {
+  info: TenantInfo | null;
+  expiresAt: number;
+}
+
+/** Which tenants exist: `tenants`, then `resolve` through a bounded cache, else any well-formed id. */
+class TenantDirectory {
+  private readonly cache: LRUCache<string, CacheEntry>;
+  // Concurrent first requests for one tenant share one lookup.
+  private readonly inflight = new Map<string, Promise<Verdict | null>>();
+  private readonly acceptsAny: boolean;
+  // One verdict per listed tenant, made here: nothing allocated per request for them.
+  private readonly listed: Map<string, Verdict> | undefined;
+
+  constructor(
+    listed: Map<string, TenantInfo> | undefined,
+    private readonly resolver: TenantResolver | undefined,
+    private readonly ttlMs: number,
+    cacheSize: number,
+    private readonly now: () => number,
+  ) {
+    this.cache = new LRUCache({ max: cacheSize });
+    this.listed = listed && new Map([...listed].map(([id, info]) => [id, { info, kind: 'listed' as const }]));
+    this.acceptsAny = listed === undefined && resolver === undefined;
+  }
+
+  /** The tenant `id` (normalized) names, null when there is none; a promise only when `resolve` must be asked. */
+  verify(id: string): Verdict | null | Promise<Verdict | null> {
+    const known = this.listed?.get(id);
+    if (known !== undefined) return known;
+    if (this.resolver === undefined) return this.acceptsAny ? { info: { id }, kind: 'unverified' } : null;
+    const cached = this.cache.get(id);
+    if (cached !== undefined && cached.expiresAt > this.now()) return cached.info === null ? null : { info: cached.info, kind: 'resolved' };
+    return this.lookUp(id, this.resolver);
+  }
+
+  invalidate(id: string | undefined): void {
+    if (id === undefined) this.cache.clear();
+    else this.cache.delete(id);
+  }
+
+  private lookUp(id: string, resolver: TenantResolver): Promise<Verdict | null> {
+    let pending = this.inflight.get(id);
+    if (pending === undefined) {
+      pending = (async () => {
+        const info = answerToInfo(id, await resolver(id));
+        this.cache.set(id, { info, expiresAt: this.now() + this.ttlMs });
+        return info === null ? null : { info, kind: 'resolved' as const };
+      })().finally(() => this.inflight.delete(id));
+      this.inflight.set(id, pending);
+    }
+    return pending;
+  }
 }
 
 /** `tenant_requests_total` children, one per tenant up to the cap, so a request increments without building a label object. */
@@ -313,21 +322,59 @@ function parseTenants(tenants: TenantOptions['tenants'], normalize: (id: string)
   return out;
 }
 
-function domains(value: unknown): string[] {
+function domains(value: unknown, path: string): string[] {
   if (value === undefined) return [];
   const list = Array.isArray(value) ? value : [value];
   return list
     .map((d, i) => {
       if (typeof d !== 'string' || !/^[A-Za-z0-9.-]+$/.test(d) || d.startsWith('.') || d.endsWith('.')) {
-        throw new ConfigError(Array.isArray(value) ? `tenant.baseDomain[${i}]` : 'tenant.baseDomain', `expected a domain like 'api.example.com', got ${describe(d)}`);
+        throw new ConfigError(Array.isArray(value) ? `${path}[${i}]` : path, `expected a domain like 'api.example.com', got ${describe(d)}`);
       }
       return d.toLowerCase();
     })
     .sort((a, b) => b.length - a.length);
 }
 
-function pathPrefixOf(prefix: string): string {
-  return prefix === '/' ? '/' : `${prefix.replace(/\/+$/, '')}/`;
+/** The sources tried in order: `from` as given, else every source the other options make usable. */
+function sourcesOf(value: unknown, bases: string[], hasPathPrefix: boolean): TenantSource[] {
+  if (value === undefined) return SOURCES.filter((s) => (s !== 'subdomain' || bases.length > 0) && (s !== 'path' || hasPathPrefix));
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new ConfigError('tenant.from', `expected a non-empty array of 'subdomain', 'header', 'jwt', 'path', got ${describe(value)}`);
+  }
+  const from = value.map((s, i) => oneOf(`tenant.from[${i}]`, s, SOURCES));
+  if (new Set(from).size !== from.length) throw new ConfigError('tenant.from', `lists a source twice: ${from.join(', ')}`);
+  if (from.includes('subdomain') && bases.length === 0) {
+    throw new ConfigError('tenant.baseDomain', "is needed to read the tenant from the subdomain: set baseDomain: 'api.example.com' so acme.api.example.com means acme");
+  }
+  return from;
+}
+
+function claimName(value: unknown, path: string): string {
+  const claim = value ?? 'tenant';
+  if (typeof claim !== 'string' || claim === '') throw new ConfigError(path, `expected a claim name like 'tenant', got ${describe(claim)}`);
+  return claim;
+}
+
+/** The prefix with one trailing slash ('/t' → '/t/'), or undefined when not given. */
+function pathPrefixOption(value: unknown, path: string): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || value[0] !== '/') {
+    throw new ConfigError(path, `expected a path like '/t' (for /t/acme/…) or '/' (for /acme/…), got ${describe(value)}`);
+  }
+  return value === '/' ? '/' : `${value.replace(/\/+$/, '')}/`;
+}
+
+function resolverOption(value: unknown, path: string): TenantResolver | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'function') throw new ConfigError(path, `expected an async function (id) => config | null, got ${describe(value)}`);
+  checkCallback(path, value, '(id) => config');
+  return value as TenantResolver;
+}
+
+function labelCount(value: unknown, path: string): number {
+  const n = value ?? 100;
+  if (typeof n !== 'number' || !Number.isInteger(n) || n < 0) throw new ConfigError(path, `expected a whole number ≥ 0, got ${describe(n)}`);
+  return n;
 }
 
 function subdomainReader(bases: string[], ignored: Set<unknown>): Reader {
@@ -382,19 +429,4 @@ function strip(req: Request, prefix: string, segment: string): void {
   const rest = url.slice(head.length);
   if (rest !== '' && rest[0] !== '/' && rest[0] !== '?') return;
   req.url = rest[0] === '/' ? rest : `/${rest}`;
-}
-
-function flag(value: unknown, option: string): boolean {
-  if (typeof value !== 'boolean') throw new ConfigError(option, `expected true or false, got ${describe(value)}`);
-  return value;
-}
-
-function positive(value: unknown, option: string): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) throw new ConfigError(option, `expected a whole number ≥ 1, got ${describe(value)}`);
-  return value;
-}
-
-function whole(value: unknown, option: string): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 0) throw new ConfigError(option, `expected a whole number ≥ 0, got ${describe(value)}`);
-  return value;
 }

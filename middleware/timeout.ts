@@ -1,9 +1,9 @@
 import type { Request, RequestHandler, Response } from 'express';
 import { ConfigError, GatewayTimeoutError, HttpError } from '../lib/errors';
 import { answerEarly } from '../lib/late-response';
-import { checkOptions } from '../lib/options';
+import { defineOptions, duration } from '../lib/options';
 import { runtimeOf } from '../lib/runtime';
-import { parseDuration, warnIfSecondsMeant } from '../lib/units';
+import { warnIfSecondsMeant } from '../lib/units';
 import { defineOwn, peekSlots, responseSlots, slotsOf } from '../lib/request-slots';
 import type { PerimeterHandler } from '../types/express-augment';
 
@@ -75,6 +75,11 @@ function setSignal(this: Request, value: AbortSignal): void {
   defineOwn(this, 'signal', value);
 }
 
+// The option of timeout() once: its default and its check (the interface's JSDoc is its doc).
+const parseOptions = defineOptions<TimeoutOptions>()('timeout', {
+  ms: duration(30000),
+});
+
 /**
  * Answers 504 GATEWAY_TIMEOUT when the response has not started within `ms`, and aborts
  * `req.signal` on timeout and on client disconnect. The innermost timeout() wins: one on a route
@@ -84,8 +89,7 @@ function setSignal(this: Request, value: AbortSignal): void {
  */
 export function timeout(options?: TimeoutOptions): PerimeterHandler;
 export function timeout(options: TimeoutOptions = {}): RequestHandler {
-  checkOptions('timeout', options, ['ms']);
-  const ms = parseDuration(options.ms ?? 30000, 'timeout.ms');
+  const { ms } = parseOptions(options);
   warnIfSecondsMeant(options.ms, 'timeout.ms', 'request timeout');
   if (ms > MAX_DELAY) {
     throw new ConfigError('timeout.ms', `${ms} ms is longer than the largest timer Node.js supports (${MAX_DELAY} ms, about 24 days); use 0 to turn the deadline off`);

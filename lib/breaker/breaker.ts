@@ -131,7 +131,7 @@ export class Breaker extends EventEmitter {
   rejection(): ServiceUnavailableError {
     const seconds = Math.max(1, Math.ceil(this.retryAfterMs() / 1000));
     // A refusal's stack is always this line, and capturing it is most of the refusal's cost,
-    // paid on every call an open circuit sheds (measured in docs/readme/circuit-breaker.md).
+    // paid on every call an open circuit sheds.
     const stackTraceLimit = Error.stackTraceLimit;
     Error.stackTraceLimit = 0;
     let err: ServiceUnavailableError;

@@ -1,4 +1,5 @@
 import { ConfigError } from '../errors';
+import { callback, duration, option, type Option, type ParsedOptions } from '../options';
 import { describe, parseDuration } from '../units';
 
 /** The options every breaker takes, whether it guards routes (`circuitBreaker`) or a function (`createBreaker`). */
@@ -32,43 +33,72 @@ export interface BreakerSettings {
   now: () => number;
 }
 
-/** The option keys of {@link BreakerOptions}, for checkOptions. */
-export const BREAKER_OPTION_KEYS = [
-  'name', 'volumeThreshold', 'errorThresholdPercentage', 'rollingWindow', 'rollingWindowBuckets', 'resetTimeout', 'halfOpenMax', 'now',
-] as const;
-
 // setTimeout's largest delay; a longer reset timeout would fire at once.
 const MAX_DELAY = 2 ** 31 - 1;
-const DEFAULTS = {
-  volumeThreshold: 5,
-  errorThresholdPercentage: 50,
-  rollingWindow: '10s',
-  rollingWindowBuckets: 10,
-  resetTimeout: '30s',
-  halfOpenMax: 1,
-} as const;
 
-/** Validates the shared options once, at setup; `scope` prefixes option names in errors ('circuitBreaker'). */
+/**
+ * The rows of {@link BreakerOptions}, in the tables of `circuitBreaker` and `createBreaker`:
+ * each option's default and check once. The rollingWindow/buckets check spans two rows and
+ * sits in {@link settingsOf}.
+ */
+export const BREAKER_OPTION_ROWS = {
+  name: option("a name of 1 to 200 characters like 'payments'", (value, path) => (value === undefined ? undefined : breakerName(value, path))),
+  volumeThreshold: option('a whole number of calls (0 or more)', (value, path) => wholeNumber(value ?? 5, path, 0, 'a number of calls like 5'), '5'),
+  errorThresholdPercentage: option('a percentage above 0 and at most 100', percentage, '50'),
+  rollingWindow: duration('10s'),
+  rollingWindowBuckets: option('a whole number of buckets from 1 to 1000', buckets, '10'),
+  resetTimeout: option("a duration like '30s', at most about 24 days", resetTimeout, "'30s'"),
+  halfOpenMax: option('a whole number of probes, at least 1', (value, path) => wholeNumber(value ?? 1, path, 1, 'a number of probes like 1'), '1'),
+  now: callback<() => number>('() => epoch milliseconds'),
+} satisfies { [K in keyof Required<BreakerOptions>]: Option<unknown> };
+
+/** The option keys of {@link BreakerOptions}. */
+export const BREAKER_OPTION_KEYS = Object.keys(BREAKER_OPTION_ROWS) as Array<keyof BreakerOptions>;
+
+/** Validates the shared options once, at setup; `scope` prefixes option names in errors ('createBreaker'). */
 export function breakerSettings(options: BreakerOptions, scope: string): BreakerSettings {
-  const volumeThreshold = wholeNumber(options.volumeThreshold ?? DEFAULTS.volumeThreshold, `${scope}.volumeThreshold`, 0, 'a number of calls like 5');
-  const pct = options.errorThresholdPercentage ?? DEFAULTS.errorThresholdPercentage;
+  const given = options as Record<string, unknown>;
+  const parsed: Record<string, unknown> = {};
+  for (const [key, row] of Object.entries(BREAKER_OPTION_ROWS)) parsed[key] = row.parse(given[key], `${scope}.${key}`);
+  return settingsOf(parsed as ParsedOptions<typeof BREAKER_OPTION_ROWS>, scope);
+}
+
+/** The settings from options parsed through {@link BREAKER_OPTION_ROWS}. */
+export function settingsOf(p: ParsedOptions<typeof BREAKER_OPTION_ROWS>, scope: string): BreakerSettings {
+  if (p.rollingWindow < p.rollingWindowBuckets) {
+    throw new ConfigError(`${scope}.rollingWindow`, `${p.rollingWindow} ms is shorter than one millisecond per bucket (rollingWindowBuckets: ${p.rollingWindowBuckets}); use a longer window like '10s'`);
+  }
+  return {
+    volumeThreshold: p.volumeThreshold,
+    errorThresholdPercentage: p.errorThresholdPercentage,
+    rollingWindowMs: p.rollingWindow,
+    buckets: p.rollingWindowBuckets,
+    resetTimeoutMs: p.resetTimeout,
+    halfOpenMax: p.halfOpenMax,
+    now: p.now ?? Date.now,
+  };
+}
+
+function percentage(value: unknown, path: string): number {
+  const pct = value ?? 50;
   if (typeof pct !== 'number' || !(pct > 0 && pct <= 100)) {
-    throw new ConfigError(`${scope}.errorThresholdPercentage`, `expected a percentage above 0 and at most 100, like 50, got ${describe(pct)}`);
+    throw new ConfigError(path, `expected a percentage above 0 and at most 100, like 50, got ${describe(pct)}`);
   }
-  const rollingWindowMs = parseDuration(options.rollingWindow ?? DEFAULTS.rollingWindow, `${scope}.rollingWindow`);
-  const buckets = wholeNumber(options.rollingWindowBuckets ?? DEFAULTS.rollingWindowBuckets, `${scope}.rollingWindowBuckets`, 1, 'a number of buckets like 10');
-  if (buckets > 1000) throw new ConfigError(`${scope}.rollingWindowBuckets`, `expected at most 1000 buckets, got ${buckets}`);
-  if (rollingWindowMs < buckets) {
-    throw new ConfigError(`${scope}.rollingWindow`, `${rollingWindowMs} ms is shorter than one millisecond per bucket (rollingWindowBuckets: ${buckets}); use a longer window like '10s'`);
+  return pct;
+}
+
+function buckets(value: unknown, path: string): number {
+  const n = wholeNumber(value ?? 10, path, 1, 'a number of buckets like 10');
+  if (n > 1000) throw new ConfigError(path, `expected at most 1000 buckets, got ${n}`);
+  return n;
+}
+
+function resetTimeout(value: unknown, path: string): number {
+  const ms = parseDuration(value ?? '30s', path);
+  if (ms <= 0 || ms > MAX_DELAY) {
+    throw new ConfigError(path, `expected a duration above 0 and at most ${MAX_DELAY} ms (about 24 days), like '30s', got ${describe(value)}`);
   }
-  const resetTimeoutMs = parseDuration(options.resetTimeout ?? DEFAULTS.resetTimeout, `${scope}.resetTimeout`);
-  if (resetTimeoutMs <= 0 || resetTimeoutMs > MAX_DELAY) {
-    throw new ConfigError(`${scope}.resetTimeout`, `expected a duration above 0 and at most ${MAX_DELAY} ms (about 24 days), like '30s', got ${describe(options.resetTimeout)}`);
-  }
-  const halfOpenMax = wholeNumber(options.halfOpenMax ?? DEFAULTS.halfOpenMax, `${scope}.halfOpenMax`, 1, 'a number of probes like 1');
-  const now = options.now ?? Date.now;
-  if (typeof now !== 'function') throw new ConfigError(`${scope}.now`, `expected a function returning epoch milliseconds, got ${describe(now)}`);
-  return { volumeThreshold, errorThresholdPercentage: pct, rollingWindowMs, buckets, resetTimeoutMs, halfOpenMax, now };
+  return ms;
 }
 
 /** Checks a breaker name: it labels a metric and keys shared state, so it must be a short string. */

@@ -1,9 +1,9 @@
 import type { Request } from 'express';
 import type { CacheOptions } from '../../middleware/cache';
 import { ConfigError } from '../errors';
-import { checkOptions } from '../options';
+import { bytes, callback, count, defineOptions, flag, headerNames, namespace, option, positiveDuration, seconds, storesOption, wholeSeconds } from '../options';
 import type { Stores } from '../stores/types';
-import { describe, parseBytes, parseDuration } from '../units';
+import { describe } from '../units';
 
 /** What the response hooks of one cache layer do on every GET/HEAD (with or without a store). */
 export interface LayerSettings {
@@ -56,46 +56,38 @@ export interface CacheConfig {
   stores: Stores | undefined;
 }
 
-const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
-const NAMESPACE = /^[A-Za-z0-9._:-]{1,64}$/;
+// Every option of cache() once: its default and its check (the interface's JSDoc is its doc).
+const parseOptions = defineOptions<CacheOptions>()('cache', {
+  ttl: seconds(0),
+  maxAge: wholeSeconds(),
+  private: flag(),
+  noStore: flag(false),
+  vary: headerNames(),
+  tags: option('an array of tag names, or (req) => tags', (value, path) => tagsFunction(value, path)),
+  staleWhileRevalidate: seconds(0),
+  etag: flag(),
+  invalidateOnWrite: flag(true),
+  honorNoCache: flag(true),
+  lockTimeout: positiveDuration('5s'),
+  storeTimeout: positiveDuration('100ms'),
+  maxBodySize: bytes('1mb'),
+  maxEntries: count(10_000, 'entries'),
+  maxBytes: bytes('64mb'),
+  localTtl: seconds(1),
+  key: callback<(req: Request) => string | undefined>('(req) => string | undefined'),
+  namespace: namespace('cache'),
+  stores: storesOption(),
+  now: callback<() => number>('() => epoch milliseconds'),
+});
+
+/** The tables of cache(), for docs. */
+export const CACHE_OPTIONS = parseOptions.table;
+
 const MS_PER_SECOND = 1000;
-
-// One row per option: its default and its check, in one place. `satisfies` keeps the rows and
-// CacheOptions in step (a missing or unknown row fails to compile); the known keys come from here.
-const OPTIONS = {
-  ttl: (v: unknown) => (v === undefined ? 0 : seconds(v, 'cache.ttl')),
-  maxAge: (v: unknown) => (v === undefined ? undefined : wholeSeconds(v, 'cache.maxAge')),
-  private: (v: unknown) => flag(v, 'cache.private'),
-  noStore: (v: unknown) => flag(v, 'cache.noStore') ?? false,
-  vary: (v: unknown) => headerNames(v),
-  tags: (v: unknown) => tagsFunction(v),
-  staleWhileRevalidate: (v: unknown) => (v === undefined ? 0 : seconds(v, 'cache.staleWhileRevalidate')),
-  etag: (v: unknown) => flag(v, 'cache.etag'),
-  invalidateOnWrite: (v: unknown) => flag(v, 'cache.invalidateOnWrite') ?? true,
-  honorNoCache: (v: unknown) => flag(v, 'cache.honorNoCache') ?? true,
-  lockTimeout: (v: unknown) => positiveDuration(v ?? '5s', 'cache.lockTimeout'),
-  storeTimeout: (v: unknown) => positiveDuration(v ?? '100ms', 'cache.storeTimeout'),
-  maxBodySize: (v: unknown) => parseBytes(v ?? '1mb', 'cache.maxBodySize'),
-  maxEntries: (v: unknown) => wholeCount(v ?? 10_000, 'cache.maxEntries'),
-  maxBytes: (v: unknown) => parseBytes(v ?? '64mb', 'cache.maxBytes'),
-  localTtl: (v: unknown) => (v === undefined ? 1 : seconds(v, 'cache.localTtl')),
-  key: (v: unknown) => optionalFunction<(req: Request) => string | undefined>(v, 'cache.key'),
-  namespace: (v: unknown) => namespaceName(v ?? 'cache'),
-  stores: (v: unknown) => storesObject(v),
-  now: (v: unknown) => optionalFunction<() => number>(v, 'cache.now'),
-} satisfies { [K in keyof Required<CacheOptions>]: (value: unknown) => unknown };
-
-type Parsed = { [K in keyof typeof OPTIONS]: ReturnType<(typeof OPTIONS)[K]> };
-
-const KNOWN = Object.keys(OPTIONS) as Array<keyof typeof OPTIONS>;
 
 /** Checks every option of `cache()` once and turns it into the settings the middleware runs on. */
 export function parseCacheOptions(options: CacheOptions): CacheConfig {
-  checkOptions('cache', options, KNOWN);
-  const given = options as Record<string, unknown>;
-  const o = {} as Record<string, unknown>;
-  for (const name of KNOWN) o[name] = OPTIONS[name](given[name]);
-  const p = o as Parsed;
+  const p = parseOptions(options);
   if (p.staleWhileRevalidate > 0 && p.ttl === 0) {
     throw new ConfigError('cache.staleWhileRevalidate', 'serves stored responses past their ttl, so it needs cache.ttl; add ttl (seconds) or drop staleWhileRevalidate');
   }
@@ -132,75 +124,7 @@ export function parseCacheOptions(options: CacheOptions): CacheConfig {
   };
 }
 
-/**
- * Seconds, as HTTP counts them: a bare number is seconds, a string is a duration ('90s', '5m',
- * '1h'). A number written as a string ('60') is refused: seconds or milliseconds, it cannot say.
- */
-export function seconds(value: unknown, option: string): number {
-  if (typeof value === 'number' && Number.isFinite(value) && value >= 0) return value;
-  if (typeof value === 'string' && !/^\s*\d+(?:\.\d+)?\s*$/.test(value)) {
-    try {
-      return parseDuration(value, option) / MS_PER_SECOND;
-    } catch {
-      // Reported below, in this option's units.
-    }
-  }
-  throw new ConfigError(option, `expected a number of seconds (as in HTTP max-age) or a duration like '90s' or '5m', got ${describe(value)}`);
-}
-
-function wholeSeconds(value: unknown, option: string): number {
-  const s = seconds(value, option);
-  if (!Number.isInteger(s)) throw new ConfigError(option, `expected whole seconds (HTTP max-age has no fractions), got ${describe(value)}`);
-  return s;
-}
-
-function flag(value: unknown, option: string): boolean | undefined {
-  if (value === undefined || typeof value === 'boolean') return value;
-  throw new ConfigError(option, `expected true or false, got ${describe(value)}`);
-}
-
-function positiveDuration(value: unknown, option: string): number {
-  const ms = parseDuration(value, option);
-  if (ms <= 0) throw new ConfigError(option, `expected a duration above zero like '5s', got ${describe(value)}`);
-  return Math.ceil(ms);
-}
-
-function wholeCount(value: unknown, option: string): number {
-  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
-    throw new ConfigError(option, `expected a whole number of entries like 10000, got ${describe(value)}`);
-  }
-  return value;
-}
-
-function optionalFunction<F>(value: unknown, option: string): F | undefined {
-  if (value === undefined || typeof value === 'function') return value as F | undefined;
-  throw new ConfigError(option, `expected a function, got ${describe(value)}`);
-}
-
-function namespaceName(value: unknown): string {
-  if (typeof value !== 'string' || !NAMESPACE.test(value)) {
-    throw new ConfigError('cache.namespace', `expected 1–64 characters of letters, digits and . _ : -, got ${describe(value)}`);
-  }
-  return value;
-}
-
-function storesObject(value: unknown): Stores | undefined {
-  if (value === undefined) return undefined;
-  if (typeof value !== 'object' || value === null || typeof (value as Stores).create !== 'function') {
-    throw new ConfigError('cache.stores', `expected a Stores object such as stack.stores, got ${describe(value)}`);
-  }
-  return value as Stores;
-}
-
-function headerNames(value: unknown): string[] | undefined {
-  if (value === undefined) return undefined;
-  if (!Array.isArray(value) || value.some((name) => typeof name !== 'string' || !HEADER_NAME.test(name))) {
-    throw new ConfigError('cache.vary', `expected an array of request header names like ['Accept-Language'], got ${describe(value)}`);
-  }
-  return [...(value as string[])];
-}
-
-function tagsFunction(tags: unknown): LayerSettings['tagsOf'] {
+function tagsFunction(tags: unknown, path: string): LayerSettings['tagsOf'] {
   if (tags === undefined) return undefined;
   if (typeof tags === 'function') {
     return (req) => {
@@ -211,7 +135,7 @@ function tagsFunction(tags: unknown): LayerSettings['tagsOf'] {
     };
   }
   if (!Array.isArray(tags) || tags.some((tag) => typeof tag !== 'string' || tag === '' || tag.startsWith('/'))) {
-    throw new ConfigError('cache.tags', `expected an array of tag names like ['games'] (not starting with /, which invalidate() reads as a path) or a function of the request, got ${describe(tags)}`);
+    throw new ConfigError(path, `expected an array of tag names like ['games'] (not starting with /, which invalidate() reads as a path) or a function of the request, got ${describe(tags)}`);
   }
   const fixed = [...(tags as string[])];
   return () => fixed;

@@ -178,15 +178,7 @@ class RedisBreakerStateStore implements BreakerStateStore {
   }
 
   onResync(listener: () => void): () => void {
-    // Announcements published while either connection was down never arrive: read the record again.
-    const subscriber = this.conn.subscriber();
-    const client = this.conn.client;
-    subscriber.on('ready', listener);
-    client.on('ready', listener);
-    return () => {
-      subscriber.off('ready', listener);
-      client.off('ready', listener);
-    };
+    return this.conn.onReconnect(listener);
   }
 
   private listen(): Promise<() => Promise<void>> {

@@ -2,12 +2,12 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Cluster } from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import type { Logger } from '../logger';
-import type { MemoryStores } from './memory';
 import type { RedisStores } from './redis';
 import type { RedisConnection } from './redis-connection';
 import type { PubSub, StoreFactory } from './types';
 import { ROOT_NAME } from '../cache/names';
 import { LUA_NOW_MS } from './lua';
+import { perStores } from './per-stores';
 
 /** One stored response, as the `cache` middleware replays it. */
 export interface CachedResponse {
@@ -119,28 +119,11 @@ const BATCH = 500;
 export function cacheStore(options: CacheStoreOptions = {}): StoreFactory<CacheStore> {
   const namespace = options.namespace ?? 'cache';
   return {
-    memory: (stores) => shared(memoryStates, stores, namespace, () => new MemoryCacheStore(options.now ?? stores.now, options)),
-    redis: (connection, stores) => shared(redisStates, connection, namespace, () => new RedisCacheStore(connection, stores, namespace, options)),
+    // One store per (backend, namespace): a route-level cache and the stack's cache share entries,
+    // in-flight fills and invalidations on memory exactly as they do on Redis.
+    memory: (stores): CacheStore => perStores(stores, `cache:${namespace}`, () => new MemoryCacheStore(options.now ?? stores.now, options)),
+    redis: (connection, stores): CacheStore => perStores(connection, `cache:${namespace}`, () => new RedisCacheStore(connection, stores, namespace, options)),
   };
-}
-
-// One store per (backend, namespace): a route-level cache and the stack's cache share entries,
-// in-flight fills and invalidations on memory exactly as they do on Redis.
-const memoryStates = new WeakMap<MemoryStores, Map<string, CacheStore>>();
-const redisStates = new WeakMap<RedisConnection, Map<string, CacheStore>>();
-
-function shared<K extends object>(states: WeakMap<K, Map<string, CacheStore>>, owner: K, namespace: string, build: () => CacheStore): CacheStore {
-  let byNamespace = states.get(owner);
-  if (byNamespace === undefined) {
-    byNamespace = new Map();
-    states.set(owner, byNamespace);
-  }
-  let store = byNamespace.get(namespace);
-  if (store === undefined) {
-    store = build();
-    byNamespace.set(namespace, store);
-  }
-  return store;
 }
 
 /** Bytes an entry holds in memory (body, headers, names), for the `maxBytes` bound. */

@@ -96,14 +96,7 @@ class RedisFlagsStore implements FlagsStore {
     return this.conn.runSubscriber(() => this.pubsub.subscribe(CHANNEL, onChange));
   }
   onResync(listener: () => void): () => void {
-    const subscriber = this.conn.subscriber();
-    const client = this.conn.client;
-    subscriber.on('ready', listener);
-    client.on('ready', listener);
-    return () => {
-      subscriber.off('ready', listener);
-      client.off('ready', listener);
-    };
+    return this.conn.onReconnect(listener);
   }
 }
 

@@ -1,6 +1,7 @@
 import type Redis from 'ioredis';
 import { LRUCache } from 'lru-cache';
 import type { MemoryStores } from './memory';
+import { perStores } from './per-stores';
 import type { RedisConnection } from './redis-connection';
 import type { StoreFactory } from './types';
 
@@ -81,20 +82,8 @@ interface MemoryRecord {
 
 // One state per (MemoryStores, namespace): a route-level idempotency() behind a stack sees the
 // stack's records on memory exactly as it does on Redis, where the keys are the same.
-const memoryStates = new WeakMap<MemoryStores, Map<string, MemoryIdempotencyStore>>();
-
 function memoryState(stores: MemoryStores, namespace: string, maxEntries: number, maxBytes: number): MemoryIdempotencyStore {
-  let byNamespace = memoryStates.get(stores);
-  if (byNamespace === undefined) {
-    byNamespace = new Map();
-    memoryStates.set(stores, byNamespace);
-  }
-  let state = byNamespace.get(namespace);
-  if (state === undefined) {
-    state = new MemoryIdempotencyStore(stores.now, maxEntries, maxBytes);
-    byNamespace.set(namespace, state);
-  }
-  return state;
+  return perStores(stores, `idempotency:${namespace}`, () => new MemoryIdempotencyStore(stores.now, maxEntries, maxBytes));
 }
 
 // Rough bytes of a record besides its body and headers: enough that a flood of locks is bounded too.

@@ -1,7 +1,7 @@
 const instances = new WeakMap<object, Map<string, unknown>>();
 
 /**
- * The one instance of something per stores object and `key`: made by `create` on first use, the
+ * The one instance of something per stores object (or per Redis connection) and `key`: made by `create` on first use, the
  * same object afterwards. A stack's middleware and route-level ones behind it build their state on
  * the same stores, so they share it (one IP mirror, one breaker subscription, one set of counts)
  * exactly as they share Redis keys. Held weakly: closing and dropping the stores frees it.

@@ -375,6 +375,22 @@ export class RedisConnection {
     return this.subscriberClient;
   }
 
+  /**
+   * Calls `listener` each time the command or the subscriber connection is ready again:
+   * announcements published while either was down never arrive, so a listener reads the state
+   * again. Returns the remover.
+   */
+  onReconnect(listener: () => void): () => void {
+    const subscriber = this.subscriber();
+    const client = this.client;
+    subscriber.on('ready', listener);
+    client.on('ready', listener);
+    return () => {
+      subscriber.off('ready', listener);
+      client.off('ready', listener);
+    };
+  }
+
   /** Whether the last command (or connection event) succeeded. */
   get isHealthy(): boolean {
     return !this.outage.down;
