@@ -302,7 +302,7 @@ function placeExtras(names: string[], handlers: StackHandler[], middleware: Reco
 
 function insertAt(names: string[], handlers: StackHandler[], middleware: Record<string, StackHandler>, item: InsertedMiddleware): void {
   if (item === null || typeof item !== 'object' || typeof item.handler !== 'function' || typeof item.name !== 'string') {
-    throw new ConfigError('insert', "each entry needs { name, handler } and one of before/after, e.g. { after: 'cors', name: 'session', handler }");
+    throw new ConfigError('insert', "each entry needs { name, handler } and one of before/after, e.g. { after: 'bodyParser', name: 'session', handler }");
   }
   const target = item.before ?? item.after;
   if ((item.before === undefined) === (item.after === undefined)) {
