@@ -10,6 +10,7 @@ import { OPENMETRICS_CONTENT_TYPE, openMetricsText, wantsOpenMetrics } from '../
 import { compilePathPatterns, type PathLabeller } from '../lib/path-patterns';
 import { routeTemplate, UNMATCHED_ROUTE } from '../lib/route-template';
 import { perRuntime } from '../lib/runtime';
+import type { EntryContext } from '../lib/stack-entries';
 import { clientIp } from '../lib/client-ip';
 import { onResponseDone } from '../lib/response-done';
 import type { PerimeterHandler } from '../types/express-augment';
@@ -132,15 +133,15 @@ interface Children {
  * endpoints over the last `analytics.window`.
  */
 export function metrics(options: MetricsOptions = {}): MetricsHandler {
-  return createMetrics(options);
+  return buildMetrics(options, undefined);
 }
 
-/**
- * {@link metrics} bound to `registry` at setup, so its series and default metrics exist before the
- * first request. createStack's entry uses it with the stack's registry.
- * @internal
- */
-export function createMetrics(options: MetricsOptions = {}, registry?: Registry): MetricsHandler {
+/** @internal The stack's metrics (createStack builds it): bound to the stack's registry at setup, so its series and default metrics exist before the first request. */
+export function stackMetrics(options: MetricsOptions, { runtime }: EntryContext): MetricsHandler {
+  return buildMetrics(options, runtime.registry);
+}
+
+function buildMetrics(options: MetricsOptions, registry: Registry | undefined): MetricsHandler {
   const o = parseOptions(options);
   const { path, prefix, buckets, defaultMetrics, allow, paths: labelPath, analytics: analyticsOptions } = o;
   const tokenDigest = o.token === undefined ? undefined : digest(o.token);
