@@ -5,7 +5,7 @@ import { Counter, register as globalRegistry, type Registry } from 'prom-client'
 import request from 'supertest';
 import { ConfigError, createStack, errorNormalizer, metrics, NotFoundError, requestId, type StackConfig } from '../index';
 import { fromExpress4Regexp, routeTemplate, UNMATCHED_ROUTE } from '../lib/route-template';
-import { createMetrics } from '../middleware/metrics';
+import { stackMetrics } from '../middleware/metrics';
 import { STACK_ORDER } from '../lib/stack-entries';
 import { EXPRESS_MAJOR, eventually, loadExpress, newApp, recordingLogger } from './helpers/app';
 
@@ -467,8 +467,10 @@ describe('metrics: registries', () => {
   it('explains at setup a clash with a metric the application registered under the same name', () => {
     const stack = quietStack({ metrics: false });
     new Counter({ name: 'http_requests_total', help: 'mine', labelNames: ['path'], registers: [stack.metricsRegistry] });
-    expect(() => createMetrics({}, stack.metricsRegistry)).toThrow(/metrics\.prefix: .*'http_requests_total'.*set metrics\.prefix/);
-    expect(() => createMetrics({ prefix: 'app_' }, stack.metricsRegistry)).not.toThrow();
+    // What createStack({ metrics: … }) builds, on this stack's registry.
+    const onRegistry = { runtime: { registry: stack.metricsRegistry }, config: {} } as never;
+    expect(() => stackMetrics({}, onRegistry)).toThrow(/metrics\.prefix: .*'http_requests_total'.*set metrics\.prefix/);
+    expect(() => stackMetrics({ prefix: 'app_' }, onRegistry)).not.toThrow();
     // Alone, on the global registry: refused at setup too, not with a 500 on every request.
     new Counter({ name: 'clash_http_request_duration_seconds', help: 'mine', labelNames: ['method'] });
     expect(() => metrics({ prefix: 'clash_' })).toThrow(/'clash_http_request_duration_seconds' of another type/);

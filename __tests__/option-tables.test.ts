@@ -58,6 +58,7 @@ describe('describeOptions: every declared option, for docs', () => {
     for (const name of [
       'requestId', 'securityHeaders', 'cors', 'ipFilter', 'sizeLimit', 'timeout', 'bodyParser', 'auth', 'auth.jwt', 'tenant',
       'rateLimit', 'idempotency', 'sanitize', 'auditLog', 'featureFlags', 'circuitBreaker', 'cache', 'health', 'errorNormalizer', 'requireFeature',
+      'loadShedding', 'requestLogger', 'metrics', 'credits',
     ]) {
       expect(factories).toContain(name);
     }

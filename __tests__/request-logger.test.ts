@@ -142,3 +142,15 @@ describe('requestLogger', () => {
     server.close();
   });
 });
+
+describe('requestLogger options', () => {
+  it.each([
+    [{ format: 'text' }, /^requestLogger\.format: expected one of 'json', 'gcp', got 'text'$/],
+    [{ skip: '/health' }, /^requestLogger\.skip: expected paths like \['\/health'\] or a function \(req, res\) => boolean, got/],
+    [{ responseTime: 'yes' }, /^requestLogger\.responseTime: expected true or false, got 'yes'$/],
+    [{ gcpProject: 42 }, /^requestLogger\.gcpProject: expected a Google Cloud project id/],
+    [{ responsetime: false }, /^requestLogger\.responsetime: unknown option; did you mean 'responseTime'\?/],
+  ])('refuses %j at setup', (options, message) => {
+    expect(() => requestLogger(options as never)).toThrow(message);
+  });
+});

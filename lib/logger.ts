@@ -103,10 +103,9 @@ type Info = winston.Logform.TransformableInfo & { [key: symbol]: unknown };
  * line is formatted and handed to that transport's `log()` at once, with winston's level rules.
  * Anything else (another transport, a 'data' listener) takes winston's stream path as before.
  *
- * Why: a winston logger is a Transform stream piped into Writable transports, so each line went
- * through two streams' bookkeeping and several process.nextTick callbacks. With one line per
- * request that was the largest share of the stack's cost: 152k of the 537k instructions per
- * request the default stack added to bare Express (callgrind, 3,000 requests).
+ * Why: a winston logger is a Transform stream piped into Writable transports, so each line goes
+ * through two streams' bookkeeping and several process.nextTick callbacks; with one line per
+ * request that is the largest share of the stack's own cost (figures in docs/benchmarks.md).
  */
 function directWrite(logger: winston.Logger, transport: winston.transport): Logger['write'] {
   const streamWrite = logger.write.bind(logger) as Logger['write'];

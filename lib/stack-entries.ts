@@ -7,14 +7,14 @@ import { stackBodyParser } from '../middleware/body-parser';
 import { stackCache } from '../middleware/cache';
 import { stackCircuitBreaker } from '../middleware/circuit-breaker';
 import { cors } from '../middleware/cors';
-import { credits } from '../middleware/credits';
+import { stackCredits } from '../middleware/credits';
 import { stackHealth } from '../middleware/health';
 import { stackLoadShedding } from '../middleware/load-shedding';
 import { stackFeatureFlags } from '../middleware/feature-flags';
 import { stackRateLimit } from '../middleware/rate-limit';
 import { stackIdempotency } from '../middleware/idempotency';
 import { stackIpFilter } from '../middleware/ip-filter';
-import { createMetrics } from '../middleware/metrics';
+import { stackMetrics } from '../middleware/metrics';
 import { requestId } from '../middleware/request-id';
 import { requestLogger } from '../middleware/request-logger';
 import { sanitize } from '../middleware/sanitize';
@@ -101,13 +101,13 @@ export type StackEntryOptions<K extends StackEntryName> = Exclude<NonNullable<St
  * public factory `x(options)` when the stack adds nothing, else by its module's internal
  * `stackX(options, ctx)`, which says what the stack changes (its stores, logger, neighbours'
  * options) beside the code it changes. Route-level factories behind a stack find it per request
- * (`perRuntime`). metrics and credits still wire inline.
+ * (`perRuntime`).
  */
 export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOptions<K>> } = {
   requestId: { name: 'requestId', defaultOn: true, build: (o) => requestId(o) },
   requestLogger: { name: 'requestLogger', defaultOn: true, build: (o) => requestLogger(o) },
   // Bound to the stack's registry at setup, so stack.metricsRegistry holds the series before the first request.
-  metrics: { name: 'metrics', defaultOn: true, build: (o, { runtime }) => createMetrics(o, runtime.registry) },
+  metrics: { name: 'metrics', defaultOn: true, build: stackMetrics },
   // Right after metrics (probes are counted) and before everything that could refuse, delay or record
   // a probe; it answers without calling the rest of the chain. Its readiness includes the stack's stores.
   health: { name: 'health', defaultOn: true, build: stackHealth },
@@ -127,12 +127,8 @@ export const STACK_ENTRIES: { [K in StackEntryName]: StackEntry<StackEntryOption
   // them, and the caller who owns the key is known), before credits and everything after (a replay
   // runs none of it, so nothing is charged twice). Its lock outlives the stack's timeout.
   idempotency: { name: 'idempotency', defaultOn: false, build: stackIdempotency },
-  credits: {
-    name: 'credits',
-    defaultOn: false,
-    // The stack's own stores, so stack.middleware.credits.grant() credits what its requests spend.
-    build: (o, { runtime }) => credits(o.stores === undefined && o.redis === undefined ? { ...o, stores: runtime.stores } : o),
-  },
+  // The stack's own stores, so stack.middleware.credits.grant() credits what its requests spend.
+  credits: { name: 'credits', defaultOn: false, build: stackCredits },
   // 1 MB by default; with tiers it also places a check right after auth (see StackExtra).
   sizeLimit: { name: 'sizeLimit', defaultOn: true, build: stackSizeLimit },
   // After auth and the limiters (rejected requests are not scanned), before routing: params are scanned by a route-level sanitize().

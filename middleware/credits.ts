@@ -11,6 +11,7 @@ import { StoreOutage } from '../lib/stores/outage';
 import { RedisStores } from '../lib/stores/redis';
 import type { RedisOption } from '../lib/stores/redis-connection';
 import type { Stores } from '../lib/stores/types';
+import type { EntryContext } from '../lib/stack-entries';
 import { describe } from '../lib/units';
 import { warnOnce } from '../lib/warnings';
 import type { PerimeterHandler } from '../types/express-augment';
@@ -83,6 +84,15 @@ declare module '../lib/create-stack' {
  * gone). No double spend under concurrency; a refund happens at most once per reservation.
  */
 export function credits(options: CreditsOptions = {}): CreditsHandler {
+  return buildCredits(options);
+}
+
+/** @internal The stack's credits (createStack builds it): without `stores` or `redis`, the stack's own stores, so stack.middleware.credits.grant() credits what its requests spend. */
+export function stackCredits(options: CreditsOptions, { runtime }: EntryContext): CreditsHandler {
+  return buildCredits(options.stores === undefined && options.redis === undefined ? { ...options, stores: runtime.stores } : options);
+}
+
+function buildCredits(options: CreditsOptions): CreditsHandler {
   const settings = parseCreditsOptions(options);
   const { namespace, onStoreError } = settings;
   const policy: ChargePolicy = { headers: settings.headers, onStoreError, storeTimeoutMs: settings.storeTimeoutMs };

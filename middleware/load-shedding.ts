@@ -6,7 +6,7 @@ import { LoadSampler, SHED_REASONS, type Readings, type ShedReason } from '../li
 import { markShed } from '../lib/load-shedding/shed-mark';
 import type { Logger } from '../lib/logger';
 import { counter } from '../lib/metrics-registry';
-import { checkOptions } from '../lib/options';
+import { defineOptions, loggerOption, option } from '../lib/options';
 import { onResponseDone } from '../lib/response-done';
 import { perRuntime, type PerimeterRuntime } from '../lib/runtime';
 import type { EntryContext } from '../lib/stack-entries';
@@ -83,17 +83,20 @@ declare module '../lib/create-stack' {
   }
 }
 
-const KNOWN_OPTIONS = [
-  'maxEventLoopDelay',
-  'maxEventLoopUtilization',
-  'maxHeapUsedBytes',
-  'maxRssBytes',
-  'maxInFlight',
-  'retryAfter',
-  'sampleInterval',
-  'logger',
-] as const;
 const MIN_SAMPLE_INTERVAL_MS = 10;
+
+// Every option of loadShedding() once: its default and its check (the interface's JSDoc is its doc).
+// A left-out threshold is not checked; at least one is required, below.
+const parseOptions = defineOptions<LoadSheddingOptions>()('loadShedding', {
+  maxEventLoopDelay: option("a duration above zero like '200ms'", (value, path) => optional(value, (v) => positiveDuration(path, v, "'200ms'"))),
+  maxEventLoopUtilization: option('a share of time above 0 and at most 1, like 0.98', (value, path) => optional(value, (v) => utilization(path, v))),
+  maxHeapUsedBytes: option("a size below V8's heap limit like '1gb'", (value, path) => optional(value, (v) => heapLimit(path, v))),
+  maxRssBytes: option("a size above zero like '2gb'", (value, path) => optional(value, (v) => positiveBytes(path, v, "'2gb'"))),
+  maxInFlight: option('a whole number of requests of at least 1, like 100', (value, path) => optional(value, (v) => inFlightLimit(path, v))),
+  retryAfter: option("a duration above zero like '10s'", (value, path) => positiveDuration(path, value ?? '10s', "'10s'"), "'10s'"),
+  sampleInterval: option(`a duration of at least '${MIN_SAMPLE_INTERVAL_MS}ms' like '1s'`, (value, path) => sampleInterval(path, value ?? '1s'), "'1s'"),
+  logger: loggerOption(),
+});
 
 /**
  * Refuses requests with 503 OVERLOADED and `Retry-After` while the process is overloaded: the
@@ -114,26 +117,23 @@ export function stackLoadShedding(options: LoadSheddingOptions, { runtime }: Ent
 }
 
 function buildLoadShedding(options: LoadSheddingOptions, runtime: PerimeterRuntime | undefined): LoadSheddingHandler {
-  checkOptions('loadShedding', options, KNOWN_OPTIONS);
+  const o = parseOptions(options);
   const limits = {
-    eventLoopDelayMs: optional(options.maxEventLoopDelay, (v) => positiveDuration('loadShedding.maxEventLoopDelay', v, "'200ms'")),
-    eventLoopUtilization: optional(options.maxEventLoopUtilization, (v) => utilization(v)),
-    heapUsedBytes: optional(options.maxHeapUsedBytes, (v) => heapLimit(v)),
-    rssBytes: optional(options.maxRssBytes, (v) => positiveBytes('loadShedding.maxRssBytes', v, "'2gb'")),
+    eventLoopDelayMs: o.maxEventLoopDelay,
+    eventLoopUtilization: o.maxEventLoopUtilization,
+    heapUsedBytes: o.maxHeapUsedBytes,
+    rssBytes: o.maxRssBytes,
   };
-  const maxInFlight = optional(options.maxInFlight, (v) => inFlightLimit(v));
+  const maxInFlight = o.maxInFlight;
   if (Object.values(limits).every((l) => l === undefined) && maxInFlight === undefined) {
     throw new ConfigError(
       'loadShedding',
       "sets no threshold, so it would never shed; give at least one of maxEventLoopDelay, maxEventLoopUtilization, maxHeapUsedBytes, maxRssBytes or maxInFlight, e.g. { maxEventLoopDelay: '200ms', maxEventLoopUtilization: 0.98 }",
     );
   }
-  const retryAfterSeconds = Math.max(1, Math.ceil(positiveDuration('loadShedding.retryAfter', options.retryAfter ?? '10s', "'10s'") / 1000));
-  const intervalMs = parseDuration(options.sampleInterval ?? '1s', 'loadShedding.sampleInterval');
-  if (intervalMs < MIN_SAMPLE_INTERVAL_MS) {
-    throw new ConfigError('loadShedding.sampleInterval', `expected at least '${MIN_SAMPLE_INTERVAL_MS}ms' (it is the period of a timer), got ${describe(options.sampleInterval)}`);
-  }
-  const logger = options.logger ?? runtime?.logger;
+  const retryAfterSeconds = Math.max(1, Math.ceil(o.retryAfter / 1000));
+  const intervalMs = o.sampleInterval;
+  const logger = o.logger ?? runtime?.logger;
 
   const sampler = new LoadSampler(limits, intervalMs, (reason, previous, readings) => logChange(logger, reason, previous, readings, limits));
   // In a stack, its registry from the start (the series exist before the first refusal); alone, the
@@ -240,28 +240,36 @@ function positiveBytes(option: string, value: unknown, example: string): number 
   return n;
 }
 
-function utilization(value: unknown): number {
+function sampleInterval(option: string, value: unknown): number {
+  const ms = parseDuration(value, option);
+  if (ms < MIN_SAMPLE_INTERVAL_MS) {
+    throw new ConfigError(option, `expected at least '${MIN_SAMPLE_INTERVAL_MS}ms' (it is the period of a timer), got ${describe(value)}`);
+  }
+  return ms;
+}
+
+function utilization(option: string, value: unknown): number {
   if (typeof value !== 'number' || !(value > 0 && value <= 1)) {
-    throw new ConfigError('loadShedding.maxEventLoopUtilization', `expected a share of time above 0 and at most 1, like 0.98, got ${describe(value)}`);
+    throw new ConfigError(option, `expected a share of time above 0 and at most 1, like 0.98, got ${describe(value)}`);
   }
   return value;
 }
 
-function inFlightLimit(value: unknown): number {
+function inFlightLimit(option: string, value: unknown): number {
   if (typeof value !== 'number' || !Number.isInteger(value) || value < 1) {
-    throw new ConfigError('loadShedding.maxInFlight', `expected a whole number of requests of at least 1, like 100, got ${describe(value)}`);
+    throw new ConfigError(option, `expected a whole number of requests of at least 1, like 100, got ${describe(value)}`);
   }
   return value;
 }
 
 // A threshold above V8's own heap limit can never be reached: the process dies of an
 // out-of-memory error first, so shedding would never start.
-function heapLimit(value: unknown): number {
-  const bytes = positiveBytes('loadShedding.maxHeapUsedBytes', value, "'1gb'");
+function heapLimit(option: string, value: unknown): number {
+  const bytes = positiveBytes(option, value, "'1gb'");
   const ceiling = getHeapStatistics().heap_size_limit;
   if (bytes >= ceiling) {
     throw new ConfigError(
-      'loadShedding.maxHeapUsedBytes',
+      option,
       `${bytes} bytes is at or above V8's heap limit of ${ceiling} bytes, so it is never reached before an out-of-memory crash; set it below (e.g. ${Math.floor(ceiling * 0.85)}) or raise --max-old-space-size`,
     );
   }

@@ -5,11 +5,12 @@ import { Analytics, checkLimit, parseAnalyticsOptions, type AnalyticsOptions, ty
 import { AuthenticationError, ConfigError, ForbiddenError } from '../lib/errors';
 import { IpList } from '../lib/ip-list';
 import { counter, gauge, histogram } from '../lib/metrics-registry';
-import { checkOptions } from '../lib/options';
+import { checkOptions, defineOptions, flag, option } from '../lib/options';
 import { OPENMETRICS_CONTENT_TYPE, openMetricsText, wantsOpenMetrics } from '../lib/openmetrics';
 import { compilePathPatterns, type PathLabeller } from '../lib/path-patterns';
 import { routeTemplate, UNMATCHED_ROUTE } from '../lib/route-template';
 import { perRuntime } from '../lib/runtime';
+import type { EntryContext } from '../lib/stack-entries';
 import { clientIp } from '../lib/client-ip';
 import { onResponseDone } from '../lib/response-done';
 import type { PerimeterHandler } from '../types/express-augment';
@@ -72,7 +73,6 @@ declare module '../lib/create-stack' {
 /** Duration buckets (seconds) for an API: fine below 100 ms where most calls land, up to the default 30 s timeout. */
 export const DEFAULT_BUCKETS: readonly number[] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
-const KNOWN_OPTIONS = ['path', 'token', 'allow', 'defaultMetrics', 'prefix', 'buckets', 'paths', 'analytics'] as const;
 const METRIC_NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
 // A client that hangs up before the response finished: nginx's "client closed request".
 const CLIENT_CLOSED = 499;
@@ -104,6 +104,18 @@ const SERIES = {
   },
 };
 
+// Every option of metrics() once: its default and its check (the interface's JSDoc is its doc).
+const parseOptions = defineOptions<MetricsOptions>()('metrics', {
+  path: option("a path like '/metrics', or false", (value, path) => checkPath(value === undefined ? '/metrics' : value, path), "'/metrics'"),
+  token: option('a token without spaces, like process.env.METRICS_TOKEN', (value, path) => (value === undefined ? undefined : checkToken(value, path))),
+  allow: option("addresses and CIDRs like ['10.0.0.0/8']", (value, path) => (value === undefined ? undefined : new IpList(value as string[], path))),
+  defaultMetrics: flag(true),
+  prefix: option("a metric name prefix like 'shop_'", (value, path) => checkPrefix(value ?? '', path), "''"),
+  buckets: option('increasing positive numbers of seconds', (value, path) => checkBuckets(value ?? DEFAULT_BUCKETS, path), '5 ms … 30 s'),
+  paths: option("route patterns like ['/api/users/:id']", (value, path) => compilePathPatterns(value, path)),
+  analytics: option("an options object like { window: '15m' }, true or false", (value) => parseAnalyticsOptions(value as AnalyticsOptions | boolean | undefined), 'on'),
+});
+
 interface Children {
   requests: Counter.Internal;
   duration: Histogram.Internal<HttpLabel>;
@@ -121,27 +133,18 @@ interface Children {
  * endpoints over the last `analytics.window`.
  */
 export function metrics(options: MetricsOptions = {}): MetricsHandler {
-  return createMetrics(options);
+  return buildMetrics(options, undefined);
 }
 
-/**
- * {@link metrics} bound to `registry` at setup, so its series and default metrics exist before the
- * first request. createStack's entry uses it with the stack's registry.
- * @internal
- */
-export function createMetrics(options: MetricsOptions = {}, registry?: Registry): MetricsHandler {
-  checkOptions('metrics', options, KNOWN_OPTIONS);
-  const path = checkPath(options.path === undefined ? '/metrics' : options.path);
-  const prefix = checkPrefix(options.prefix ?? '');
-  const buckets = checkBuckets(options.buckets ?? DEFAULT_BUCKETS);
-  const defaultMetrics = options.defaultMetrics ?? true;
-  if (typeof defaultMetrics !== 'boolean') {
-    throw new ConfigError('metrics.defaultMetrics', `expected true or false, got ${String(defaultMetrics)}`);
-  }
-  const allow = options.allow === undefined ? undefined : new IpList(options.allow, 'metrics.allow');
-  const tokenDigest = options.token === undefined ? undefined : digest(checkToken(options.token));
-  const labelPath = compilePathPatterns(options.paths, 'metrics.paths');
-  const analyticsOptions = parseAnalyticsOptions(options.analytics);
+/** @internal The stack's metrics (createStack builds it): bound to the stack's registry at setup, so its series and default metrics exist before the first request. */
+export function stackMetrics(options: MetricsOptions, { runtime }: EntryContext): MetricsHandler {
+  return buildMetrics(options, runtime.registry);
+}
+
+function buildMetrics(options: MetricsOptions, registry: Registry | undefined): MetricsHandler {
+  const o = parseOptions(options);
+  const { path, prefix, buckets, defaultMetrics, allow, paths: labelPath, analytics: analyticsOptions } = o;
+  const tokenDigest = o.token === undefined ? undefined : digest(o.token);
   // One per handler, whatever registries it writes to: it reports the requests this handler measured.
   const tracker = analyticsOptions && new Analytics(analyticsOptions.settings);
   const served =
@@ -356,11 +359,11 @@ function digest(value: string): Buffer {
   return createHash('sha256').update(value).digest();
 }
 
-function checkPath(path: unknown): string | false {
+function checkPath(path: unknown, option: string): string | false {
   if (path === false) return false;
   if (typeof path !== 'string' || !path.startsWith('/') || /[?#\s]/.test(path)) {
     throw new ConfigError(
-      'metrics.path',
+      option,
       `expected a path starting with '/' like '/metrics' (or false to serve it yourself), got ${JSON.stringify(path)}`,
     );
   }
@@ -368,32 +371,32 @@ function checkPath(path: unknown): string | false {
   return path.length > 1 && path.endsWith('/') ? path.slice(0, -1) : path;
 }
 
-function checkToken(token: unknown): string {
+function checkToken(token: unknown, option: string): string {
   if (typeof token !== 'string' || token.trim() === '' || /\s/.test(token)) {
     const got = typeof token === 'string' ? (token.trim() === '' ? 'an empty string' : 'a string with spaces') : typeof token;
-    throw new ConfigError('metrics.token', `expected a non-empty token without spaces (e.g. process.env.METRICS_TOKEN), got ${got}`);
+    throw new ConfigError(option, `expected a non-empty token without spaces (e.g. process.env.METRICS_TOKEN), got ${got}`);
   }
   return token;
 }
 
-function checkPrefix(prefix: unknown): string {
+function checkPrefix(prefix: unknown, option: string): string {
   if (typeof prefix !== 'string' || (prefix !== '' && !METRIC_NAME.test(prefix))) {
     throw new ConfigError(
-      'metrics.prefix',
+      option,
       `expected letters, digits, '_' or ':' not starting with a digit (like 'shop_'), got ${JSON.stringify(prefix)}`,
     );
   }
   return prefix;
 }
 
-function checkBuckets(buckets: unknown): number[] {
+function checkBuckets(buckets: unknown, option: string): number[] {
   const ok =
     Array.isArray(buckets) &&
     buckets.length > 0 &&
     buckets.every((b, i) => typeof b === 'number' && Number.isFinite(b) && b > 0 && (i === 0 || b > (buckets[i - 1] as number)));
   if (!ok) {
     throw new ConfigError(
-      'metrics.buckets',
+      option,
       `expected increasing positive numbers of seconds like [0.05, 0.1, 0.5, 1], got ${JSON.stringify(buckets)}`,
     );
   }

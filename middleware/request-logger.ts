@@ -1,5 +1,7 @@
 import type { Request, RequestHandler, Response } from 'express';
-import { checkCallback, checkOptions, oneOf } from '../lib/options';
+import { ConfigError } from '../lib/errors';
+import { callback, choice, defineOptions, flag, loggerOption, option } from '../lib/options';
+import { describe } from '../lib/units';
 import { runtimeOf } from '../lib/runtime';
 import type { Logger } from '../lib/logger';
 import { clientIp } from '../lib/client-ip';
@@ -24,6 +26,21 @@ export interface RequestLoggerOptions {
 }
 
 const SEVERITY: Record<string, string> = { error: 'ERROR', warn: 'WARNING', info: 'INFO' };
+const FORMATS = ['json', 'gcp'] as const;
+
+// Every option of requestLogger() once: its default and its check (the interface's JSDoc is its doc).
+// `format` and `gcpProject` default from the environment when the logger is made, not when this module loads.
+const parseOptions = defineOptions<RequestLoggerOptions>()('requestLogger', {
+  logger: loggerOption(),
+  format: option(
+    "'json' or 'gcp'",
+    (value, path) => choice(FORMATS).parse(value ?? (process.env.LOG_FORMAT === 'gcp' ? 'gcp' : 'json'), path) ?? 'json',
+    "LOG_FORMAT or 'json'",
+  ),
+  gcpProject: option('a Google Cloud project id', gcpProjectOption, 'GOOGLE_CLOUD_PROJECT'),
+  skip: option("paths like ['/health'], or (req, res) => boolean", skipOption),
+  responseTime: flag(true),
+});
 
 /**
  * One JSON line per request when it finishes ("Request completed"): request_id, method, path,
@@ -32,14 +49,9 @@ const SEVERITY: Record<string, string> = { error: 'ERROR', warn: 'WARNING', info
  */
 export function requestLogger(options?: RequestLoggerOptions): PerimeterHandler;
 export function requestLogger(options: RequestLoggerOptions = {}): RequestHandler {
-  checkOptions('requestLogger', options, ['logger', 'format', 'gcpProject', 'skip', 'responseTime']);
-  checkCallback('requestLogger.skip', options.skip, '(req, res) => boolean');
-  const format = oneOf('requestLogger.format', options.format ?? (process.env.LOG_FORMAT === 'gcp' ? 'gcp' : 'json'), ['json', 'gcp'] as const);
-  const gcpProject = options.gcpProject ?? process.env.GOOGLE_CLOUD_PROJECT;
-  const skipPaths = Array.isArray(options.skip) ? new Set(options.skip) : undefined;
-  const skipFn = typeof options.skip === 'function' ? options.skip : undefined;
-  const responseTime = options.responseTime ?? true;
-  const ownLogger = options.logger;
+  const { format, gcpProject, skip, responseTime, logger: ownLogger } = parseOptions(options);
+  const skipPaths = Array.isArray(skip) ? new Set(skip) : undefined;
+  const skipFn = typeof skip === 'function' ? skip : undefined;
 
   return function requestLoggerMiddleware(req, res, next) {
     const context = contextOf(req);
@@ -109,6 +121,18 @@ function setResponseTimeOnHeaders(res: Response, start: bigint): void {
     // eslint-disable-next-line prefer-rest-params
     return writeHead.apply(this, arguments as unknown as Parameters<Response['writeHead']>);
   } as Response['writeHead'];
+}
+
+function gcpProjectOption(value: unknown, path: string): string | undefined {
+  const project = value ?? process.env.GOOGLE_CLOUD_PROJECT;
+  if (project === undefined || typeof project === 'string') return project;
+  throw new ConfigError(path, `expected a Google Cloud project id like 'my-project', got ${describe(value)}`);
+}
+
+function skipOption(value: unknown, path: string): RequestLoggerOptions['skip'] {
+  if (value === undefined || typeof value === 'function') return callback<(req: Request, res: Response) => boolean>('(req, res) => boolean').parse(value, path);
+  if (Array.isArray(value) && value.every((p) => typeof p === 'string')) return value as string[];
+  throw new ConfigError(path, `expected paths like ['/health'] or a function (req, res) => boolean, got ${describe(value)}`);
 }
 
 // The query string can carry tokens; the log keeps the path only.
