@@ -41,10 +41,11 @@ module.exports = {
     'GetKey',
     'RedisOption',
     'StackHandler',
-    'PerimeterRuntime',
     'BreakerParts',
     'MemoryStores',
     'RedisConnection',
     'RedisStores',
+    'ChainFields',
+    'PostgresDatabase',
   ],
 };

@@ -102,6 +102,11 @@ export class PostgresDatabase {
       });
       // An idle connection the server closed (a restart) is reported here; pg-pool replaces it.
       pool.on('error', (err) => this.outage.failed(err));
+      // Each connection listens for its own errors for its whole life. The pool stops listening as it
+      // hands a connection out, and the server's goodbye on a restart (57P01) can come in the same
+      // read as the connection's first ReadyForQuery, before the borrower could listen: unheard, it
+      // would be thrown in the process. The borrower still learns of it from its next statement.
+      pool.on('connect', (client) => client.on('error', noop));
       this.pool = pool;
       this.owned = true;
       this.begin = 'BEGIN';
@@ -223,7 +228,10 @@ export class PostgresDatabase {
   }
 
   private giveBack(client: PostgresClientLike, discard: Error | undefined): void {
-    client.removeListener('error', noop);
+    // A discarded connection keeps the listener: it may still be mid-statement (a deadline gave up
+    // on it) and report the server's going (57P01 on a restart) after the pool let go of it, when
+    // nobody else listens. One going back to the pool sheds it: the pool listens while it is idle.
+    if (discard === undefined) client.removeListener('error', noop);
     try {
       client.release(discard);
     } catch {

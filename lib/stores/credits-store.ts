@@ -21,7 +21,7 @@ export interface CreditsHistoryEntry {
   balance_after?: number;
 }
 
-/** Which ledger entries {@link CreditsStore.history} returns. */
+/** Which ledger entries `CreditsStore.history` returns. */
 export interface CreditsHistoryOptions {
   /** At most this many, newest first. Defaults to all kept (memory, Redis) or `historySize` (PostgreSQL). */
   limit?: number;
