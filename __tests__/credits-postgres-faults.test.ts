@@ -4,6 +4,7 @@ import request from 'supertest';
 import { createStack, type Stack } from '../lib/create-stack';
 import { eventually, newApp, recordingLogger } from './helpers/app';
 import { expectLedgerBalanced } from './helpers/ledger';
+import { withClient } from './helpers/postgres';
 import { hasPostgresServer, OwnPostgresServer } from './helpers/postgres-server';
 
 // Backends terminated and the server restarted in the middle of a burst of spends. A private
@@ -25,15 +26,7 @@ describeOwn('credits on PostgreSQL through faults (#15)', () => {
     }
   });
 
-  async function admin<T>(work: (client: Client) => Promise<T>): Promise<T> {
-    const client = new Client({ connectionString: server.url });
-    await client.connect();
-    try {
-      return await work(client);
-    } finally {
-      await client.end();
-    }
-  }
+  const admin = <T>(work: (client: Client) => Promise<T>): Promise<T> => withClient(server.url, work);
 
   /** An instance whose handler counts the requests it served, so a fault can be injected mid-burst. */
   function instance(tablePrefix: string) {

@@ -1,19 +1,8 @@
-import { Client } from 'pg';
 import { main } from '../lib/audit/cli';
 import { createStack, type Stack } from '../lib/create-stack';
 import { schemaStatements, SCHEMA_VERSION } from '../lib/postgres/schema';
 import { recordingLogger } from './helpers/app';
-import { describePostgres, freshDatabase } from './helpers/postgres';
-
-async function withClient<T>(url: string, work: (client: Client) => Promise<T>): Promise<T> {
-  const client = new Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await work(client);
-  } finally {
-    await client.end();
-  }
-}
+import { describePostgres, freshDatabase, withClient } from './helpers/postgres';
 
 /** The columns of `table` as `name type nullable`, in order. */
 function columnsOf(url: string, table: string): Promise<string[]> {

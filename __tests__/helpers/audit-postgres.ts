@@ -1,10 +1,10 @@
 import { createServer, request as httpRequest, type Agent, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Express } from 'express';
-import { Client } from 'pg';
 import type { StackConfig } from '../../lib/create-stack';
 import type { PerimeterHandler } from '../../types/express-augment';
 import { newApp } from './app';
+import { withClient } from './postgres';
 
 /** A stack with only the audit log doing anything (and health): records are the subject. */
 export const ONLY_AUDIT: StackConfig = {
@@ -45,16 +45,7 @@ export function post(agent: Agent, url: string, body: unknown): Promise<number> 
   });
 }
 
-/** Runs `work` on a connection of its own to `url`. */
-export async function withClient<T>(url: string, work: (client: Client) => Promise<T>): Promise<T> {
-  const client = new Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await work(client);
-  } finally {
-    await client.end();
-  }
-}
+export { withClient };
 
 /** The rows of `<prefix>audit` as stored, in seq order (seq as a number). */
 export function auditRows(url: string, prefix = 'perimeter_'): Promise<Array<{ seq: number; record: Record<string, any>; hash: string; prev_hash: string }>> {

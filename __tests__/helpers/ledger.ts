@@ -1,4 +1,4 @@
-import { Client } from 'pg';
+import { withClient } from './postgres';
 
 /** One account whose ledger does not add up to its balance. */
 export interface LedgerMismatch {
@@ -14,9 +14,7 @@ export interface LedgerMismatch {
  * reverse, counts too). Empty when the books balance: what a month-end reconciliation checks.
  */
 export async function ledgerMismatches(url: string, prefix = 'perimeter_'): Promise<LedgerMismatch[]> {
-  const client = new Client({ connectionString: url });
-  await client.connect();
-  try {
+  return withClient(url, async (client) => {
     const { rows } = await client.query<{ account: string; balance: string | null; ledger_sum: string | null; last_balance_after: string | null }>(`
       WITH sums AS (
         SELECT account, sum(delta) AS ledger_sum,
@@ -29,9 +27,7 @@ export async function ledgerMismatches(url: string, prefix = 'perimeter_'): Prom
       ORDER BY 1`);
     const n = (v: string | null) => (v === null ? null : Number(v));
     return rows.map((r) => ({ account: r.account, balance: n(r.balance), ledger_sum: n(r.ledger_sum), last_balance_after: n(r.last_balance_after) }));
-  } finally {
-    await client.end();
-  }
+  });
 }
 
 /** Asserts the books balance for every account (see {@link ledgerMismatches}). */

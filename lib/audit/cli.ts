@@ -98,13 +98,7 @@ function parseArgs(args: string[]): { file: string; options: VerifyAuditChainOpt
   let file: string | undefined;
   const options: VerifyAuditChainOptions = {};
   let json = false;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    const value = (): string => {
-      const v = args[++i];
-      if (v === undefined) throw new Error(`${arg} needs a value`);
-      return v;
-    };
+  eachArg(args, (arg, value) => {
     if (arg === '--genesis') options.genesis = value();
     else if (arg === '--anchored') options.genesis = false;
     else if (arg === '--head') options.head = value();
@@ -113,7 +107,24 @@ function parseArgs(args: string[]): { file: string; options: VerifyAuditChainOpt
     else if (arg.startsWith('-') && arg !== '-') throw new Error(`unknown option ${arg}`);
     else if (file === undefined) file = arg;
     else throw new Error(`one file at a time (got ${file} and ${arg})`);
-  }
+  });
   if (file === undefined) throw new Error('missing the file to verify');
   return { file, options, json };
+}
+
+/**
+ * Walks a command line: calls `on` with each argument and a `value()` that takes the next one as
+ * that option's value (throwing "<option> needs a value" when there is none). Each command keeps
+ * its own switch over the names, in order, so a later option can override an earlier one
+ * (`--genesis` then `--anchored`). Shared by every command of the bin.
+ */
+export function eachArg(args: readonly string[], on: (arg: string, value: () => string) => void): void {
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    on(arg, () => {
+      const v = args[++i];
+      if (v === undefined) throw new Error(`${arg} needs a value`);
+      return v;
+    });
+  }
 }

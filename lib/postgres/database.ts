@@ -7,7 +7,7 @@ import type { StoreReadiness } from '../stores/types';
 import { WARNINGS } from '../warnings';
 import { deadlineError, mapPostgresError, PostgresStoreError } from './errors';
 import type { PostgresSettings } from './options';
-import { migrate, SCHEMA_VERSION, schemaVersion, tableNames, type PostgresTables, type PreparedStatement, type Sql } from './schema';
+import { migrate, SCHEMA_VERSION, schemaVersion, sqlOn, tableNames, type PostgresTables, type PreparedStatement, type Sql } from './schema';
 import type { PostgresClientLike, PostgresPoolLike } from './types';
 
 /** Options of {@link PostgresDatabase}. */
@@ -310,11 +310,6 @@ export class PostgresDatabase {
 
 function beginWithTimeout(ms: number): string {
   return `BEGIN; SET LOCAL statement_timeout = ${ms}; SET LOCAL idle_in_transaction_session_timeout = ${Math.max(10_000, 2 * ms)}`;
-}
-
-function sqlOn(client: PostgresClientLike): Sql {
-  return <R>(text: string | PreparedStatement, values?: unknown[]) =>
-    client.query(typeof text === 'string' ? text : { name: text.name, text: text.text, values }, typeof text === 'string' ? values : undefined).then((r) => r.rows as R[]);
 }
 
 function toError(value: unknown): Error {

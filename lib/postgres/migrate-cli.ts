@@ -1,7 +1,6 @@
-import { Client } from 'pg';
-import type { CliIo } from '../audit/cli';
-import { checkTablePrefix } from './options';
-import { migrate, schemaStatements } from './schema';
+import { eachArg, type CliIo } from '../audit/cli';
+import { checkCliTablePrefix, cliClient, cliUrl } from './cli-client';
+import { migrate, schemaStatements, sqlOn } from './schema';
 
 const USAGE = `Usage: express-perimeter migrate --postgres <url> [options]
 
@@ -44,13 +43,11 @@ export async function migrateMain(args: string[], io: CliIo, env: NodeJS.Process
     io.stdout.write(`${schemaStatements(parsed.prefix).map((s) => `${s};\n`).join('\n')}`);
     return 0;
   }
-  const client = new Client({ connectionString: parsed.url, connectionTimeoutMillis: 10_000, statement_timeout: parsed.timeoutMs, application_name: 'express-perimeter migrate' });
-  // A connection lost after connecting is reported by the query that was running; this keeps it from crashing the CLI first.
-  client.on('error', () => undefined);
+  const client = cliClient(parsed.url as string, parsed.timeoutMs, 'express-perimeter migrate');
   try {
     await client.connect();
     await client.query('BEGIN');
-    const result = await migrate(async (text, values) => (await client.query(text, values)).rows, parsed.prefix);
+    const result = await migrate(sqlOn(client), parsed.prefix);
     await client.query('COMMIT');
     if (parsed.json) {
       io.stdout.write(`${JSON.stringify({ ok: true, table_prefix: parsed.prefix, from: result.from, to: result.to })}\n`);
@@ -76,31 +73,21 @@ export async function migrateMain(args: string[], io: CliIo, env: NodeJS.Process
 
 function parseArgs(args: string[], env: NodeJS.ProcessEnv): MigrateArgs {
   const out: MigrateArgs = { url: undefined, prefix: 'perimeter_', timeoutMs: 60_000, print: false, json: false };
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    const value = (): string => {
-      const v = args[++i];
-      if (v === undefined) throw new Error(`${arg} needs a value`);
-      return v;
-    };
+  eachArg(args, (arg, value) => {
     if (arg === '--postgres') out.url = value();
     else if (arg === '--table-prefix') out.prefix = value();
     else if (arg === '--statement-timeout') out.timeoutMs = Number(value());
     else if (arg === '--print') out.print = true;
     else if (arg === '--json') out.json = true;
     else throw new Error(`unknown option ${arg}`);
-  }
+  });
   out.url ??= env.DATABASE_URL || undefined;
   if (!out.print) {
     if (out.url === undefined) throw new Error('missing --postgres <url> (or DATABASE_URL)');
-    if (!/^postgres(ql)?:\/\/\S+$/.test(out.url)) throw new Error('--postgres: expected a URL starting with postgres:// or postgresql://');
+    cliUrl(out.url);
   }
   if (!Number.isSafeInteger(out.timeoutMs) || out.timeoutMs <= 0) throw new Error('--statement-timeout: expected a number of milliseconds > 0');
-  try {
-    checkTablePrefix(out.prefix, '--table-prefix');
-  } catch (err) {
-    throw new Error((err as Error).message);
-  }
+  checkCliTablePrefix(out.prefix);
   return out;
 }
 

@@ -1,3 +1,5 @@
+import type { PostgresClientLike } from './types';
+
 /** A statement the database prepares once per connection (see PostgresDatabase.prepare). */
 export interface PreparedStatement {
   text: string;
@@ -146,4 +148,10 @@ export async function migrate(sql: Sql, prefix: string): Promise<MigrateResult> 
     await sql(`INSERT INTO ${t.migrations} (version, description) VALUES ($1, $2)`, [migration.version, migration.description]);
   }
   return { from, to: Math.max(from, SCHEMA_VERSION) };
+}
+
+/** `client` as the `Sql` the schema and stores run statements through. */
+export function sqlOn(client: Pick<PostgresClientLike, 'query'>): Sql {
+  return <R>(text: string | PreparedStatement, values?: unknown[]) =>
+    client.query(typeof text === 'string' ? text : { name: text.name, text: text.text, values }, typeof text === 'string' ? values : undefined).then((r) => r.rows as R[]);
 }

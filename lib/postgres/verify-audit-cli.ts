@@ -1,7 +1,6 @@
-import { Client } from 'pg';
-import type { CliIo } from '../audit/cli';
+import { eachArg, type CliIo } from '../audit/cli';
 import { verifyAuditTable, type VerifyAuditTableOptions } from './audit-table';
-import { checkTablePrefix } from './options';
+import { checkCliTablePrefix, cliClient, cliUrl } from './cli-client';
 
 const USAGE = `Usage: express-perimeter verify-audit --postgres <url> [options]
 
@@ -43,9 +42,7 @@ export async function verifyAuditTableMain(args: string[], io: CliIo): Promise<n
   }
   const { url, options, timeoutMs, json } = parsed;
   const table = `${options.tablePrefix}audit`;
-  const client = new Client({ connectionString: url, connectionTimeoutMillis: 10_000, statement_timeout: timeoutMs, application_name: 'express-perimeter verify-audit' });
-  // A connection lost mid-read is reported by the query that was running; this keeps it from crashing the CLI first.
-  client.on('error', () => undefined);
+  const client = cliClient(url, timeoutMs, 'express-perimeter verify-audit');
   try {
     await client.connect();
     const result = await verifyAuditTable(client, options);
@@ -75,13 +72,7 @@ function parseArgs(args: string[]): VerifyArgs {
   const options: VerifyAuditTableOptions & { tablePrefix: string } = { tablePrefix: 'perimeter_' };
   let timeoutMs = 30_000;
   let json = false;
-  for (let i = 0; i < args.length; i++) {
-    const arg = args[i];
-    const value = (): string => {
-      const v = args[++i];
-      if (v === undefined) throw new Error(`${arg} needs a value`);
-      return v;
-    };
+  eachArg(args, (arg, value) => {
     if (arg === '--postgres') url = value();
     else if (arg === '--table-prefix') options.tablePrefix = value();
     else if (arg === '--genesis') options.genesis = value();
@@ -92,16 +83,12 @@ function parseArgs(args: string[]): VerifyArgs {
     else if (arg === '--json') json = true;
     else if (arg.startsWith('-')) throw new Error(`unknown option ${arg}`);
     else throw new Error(`with --postgres there is no file to read (got ${arg})`);
-  }
-  if (url === undefined || !/^postgres(ql)?:\/\/\S+$/.test(url)) throw new Error('--postgres: expected a URL starting with postgres:// or postgresql://');
-  try {
-    checkTablePrefix(options.tablePrefix, '--table-prefix');
-  } catch (err) {
-    throw new Error((err as Error).message);
-  }
+  });
+  const checkedUrl = cliUrl(url);
+  checkCliTablePrefix(options.tablePrefix);
   if (typeof options.genesis === 'string' && !/^[0-9a-f]{64}$/.test(options.genesis)) throw new Error('--genesis: expected 64 lowercase hex characters');
   if (options.head !== undefined && !/^[0-9a-f]{64}$/.test(options.head)) throw new Error('--head: expected 64 lowercase hex characters');
-  return { url, options, timeoutMs, json };
+  return { url: checkedUrl, options, timeoutMs, json };
 }
 
 function wholeNumber(text: string, option: string): number {
